@@ -1,0 +1,5 @@
+"""shop: an idempotent e-commerce order workflow backend."""
+
+from shop.celery import app as celery_app
+
+__all__ = ["celery_app"]

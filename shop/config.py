@@ -1,0 +1,85 @@
+"""Settings: one pydantic-settings class, read from ``SHOP_`` variables and ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VAR_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    """Every setting the shop reads; defaults run on one machine with no servers."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", extra="ignore")
+
+    database_url: str = f"sqlite:///{VAR_DIR}/shop.sqlite3"
+    broker_url: str = f"filesystem://{VAR_DIR}/broker"
+    broker_polling_interval: float = Field(default=0.1, gt=0)
+
+    payment_provider: Literal["stripe", "dummy"] | None = None
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    dummy_payment_latency_ms: int = Field(default=0, ge=0)
+
+    smtp_url: SecretStr | None = None
+    mail_from: str = "shop@localhost"
+    mail_dir: Path = VAR_DIR / "mail"
+    report_recipients: str = ""
+
+    admin_token: SecretStr | None = None
+    timezone: str = "UTC"
+    report_time: str = "00:15"
+
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: float = Field(default=2.0, ge=0)
+    retry_max_delay: float = Field(default=300.0, ge=0)
+    max_deliveries: int = Field(default=10, ge=1)
+
+    relay_batch_size: int = Field(default=100, ge=1)
+    relay_poll_interval: float = Field(default=0.1, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        ZoneInfo(value)
+        return value
+
+    @field_validator("report_time")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        hour, _, minute = value.partition(":")
+        if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+            raise ValueError("expected HH:MM")
+        return value
+
+    @property
+    def provider(self) -> Literal["stripe", "dummy"]:
+        """The payment provider in force: explicit, else stripe when a key is set."""
+        if self.payment_provider is not None:
+            return self.payment_provider
+        return "stripe" if self.stripe_api_key is not None else "dummy"
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    @property
+    def recipients(self) -> list[str]:
+        return [a.strip() for a in self.report_recipients.split(",") if a.strip()]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests clear the cache after changing the environment."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Messages between processes: the transactional outbox, its relay and delivery counts."""

@@ -1,0 +1,114 @@
+"""The order state machine: the only place that says which status follows which.
+
+``Stage`` is the workflow's own position; each stage shows as one public
+``OrderStatus`` of the contract. ``TRANSITIONS`` is the whole table: a move not in
+it raises ``IllegalTransition``. ``Order.apply`` in ``models.py`` is its only user.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    """The contract's statuses, stored in ``orders.status`` for people and BI tools."""
+
+    PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Stage(StrEnum):
+    PLACED = "placed"
+    IN_STOCK = "in_stock"
+    REQUIRES_ACTION = "requires_action"
+    AUTHORIZED = "authorized"
+    RESERVED = "reserved"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def status(self) -> OrderStatus:
+        return STATUS_OF[self]
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Stage.CONFIRMED, Stage.FAILED, Stage.CANCELLED)
+
+
+class Step(StrEnum):
+    """The contract's ``failure.step`` values."""
+
+    INVENTORY = "inventory"
+    PAYMENT = "payment"
+    RESERVATION = "reservation"
+    NOTIFICATION = "notification"
+    FULFILLMENT = "fulfillment"
+
+
+class Event(StrEnum):
+    """What happened to an order; the value is the timeline's ``type``."""
+
+    INVENTORY_CONFIRMED = "inventory.confirmed"
+    INVENTORY_SHORT = "inventory.out_of_stock"
+    PAYMENT_AUTHORIZED = "payment.authorized"
+    PAYMENT_REQUIRES_ACTION = "payment.requires_action"
+    PAYMENT_FAILED = "payment.failed"
+    STOCK_RESERVED = "stock.reserved"
+    STOCK_SHORT = "stock.out_of_stock"
+    PAYMENT_CAPTURED = "payment.captured"
+    STEP_FAILED = "step.failed"
+    RETRIED = "order.retried"
+    CANCELLED = "order.cancelled"
+
+
+STATUS_OF: dict[Stage, OrderStatus] = {
+    Stage.PLACED: OrderStatus.PENDING,
+    Stage.IN_STOCK: OrderStatus.PENDING,
+    Stage.REQUIRES_ACTION: OrderStatus.REQUIRES_ACTION,
+    Stage.AUTHORIZED: OrderStatus.PENDING,
+    Stage.RESERVED: OrderStatus.PENDING,
+    Stage.CONFIRMED: OrderStatus.CONFIRMED,
+    Stage.FAILED: OrderStatus.FAILED,
+    Stage.CANCELLED: OrderStatus.CANCELLED,
+}
+
+_IN_FLIGHT = (Stage.PLACED, Stage.IN_STOCK, Stage.REQUIRES_ACTION, Stage.AUTHORIZED, Stage.RESERVED)
+
+TRANSITIONS: dict[tuple[Stage, Event], Stage] = {
+    (Stage.PLACED, Event.INVENTORY_CONFIRMED): Stage.IN_STOCK,
+    (Stage.PLACED, Event.INVENTORY_SHORT): Stage.FAILED,
+    (Stage.IN_STOCK, Event.PAYMENT_AUTHORIZED): Stage.AUTHORIZED,
+    (Stage.IN_STOCK, Event.PAYMENT_REQUIRES_ACTION): Stage.REQUIRES_ACTION,
+    (Stage.IN_STOCK, Event.PAYMENT_FAILED): Stage.FAILED,
+    (Stage.REQUIRES_ACTION, Event.PAYMENT_AUTHORIZED): Stage.AUTHORIZED,
+    (Stage.REQUIRES_ACTION, Event.PAYMENT_FAILED): Stage.FAILED,
+    (Stage.AUTHORIZED, Event.STOCK_RESERVED): Stage.RESERVED,
+    (Stage.AUTHORIZED, Event.STOCK_SHORT): Stage.FAILED,
+    (Stage.RESERVED, Event.PAYMENT_CAPTURED): Stage.CONFIRMED,
+    (Stage.RESERVED, Event.PAYMENT_FAILED): Stage.FAILED,
+    **{(stage, Event.STEP_FAILED): Stage.FAILED for stage in _IN_FLIGHT},
+    (Stage.FAILED, Event.RETRIED): Stage.PLACED,
+    **{(stage, Event.CANCELLED): Stage.CANCELLED for stage in (*_IN_FLIGHT, Stage.FAILED)},
+    (Stage.CONFIRMED, Event.CANCELLED): Stage.CANCELLED,
+}
+
+
+class IllegalTransition(Exception):
+    """An event that the table does not allow from the order's current stage."""
+
+    def __init__(self, stage: Stage, event: Event) -> None:
+        super().__init__(f"{event.value} is not allowed from stage {stage.value}")
+        self.stage = stage
+        self.event = event
+
+
+def next_stage(stage: Stage, event: Event) -> Stage:
+    """The stage that ``event`` leads to from ``stage``, or ``IllegalTransition``."""
+    try:
+        return TRANSITIONS[(stage, event)]
+    except KeyError:
+        raise IllegalTransition(stage, event) from None
