@@ -1,0 +1,35 @@
+"""Test-wide setup: each test gets its own ``var/`` and settings read afresh."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shop.config import get_settings
+from shop.db import reset_engine
+
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.localstripe",
+    "tests.fixtures.smtp",
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test reads the developer's ``.env`` or writes to the real ``./var``."""
+    for key in list(os.environ):
+        if key.startswith("SHOP_") and not key.startswith("SHOP_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHOP_DATABASE_URL", f"sqlite:///{tmp_path}/shop.sqlite3")
+    monkeypatch.setenv("SHOP_BROKER_URL", f"filesystem://{tmp_path}/broker")
+    monkeypatch.setenv("SHOP_MAIL_DIR", str(tmp_path / "mail"))
+    get_settings.cache_clear()
+    reset_engine()
+    yield
+    get_settings.cache_clear()
+    reset_engine()
