@@ -1,5 +1,110 @@
-"""The Celery app (filled in by the workflow)."""
+"""The Celery app: queues, routes, reliability settings and the beat schedule.
+
+Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
+- acks_late + reject_on_worker_lost + prefetch 1: a message is acknowledged only
+  after its task finished, and a worker killed mid-task gives it back;
+- classic durable queues: delayed (countdown) retries on quorum queues were lost
+  before RabbitMQ 4.0.1, and classic queues keep them;
+- every queue dead-letters to ``shop.dlx``, so rejected, unknown and poison
+  messages land in ``shop.dead_letter`` instead of vanishing; redeliveries are
+  bounded by a count kept in the database (``TaskTemplate`` in ``shop.tasks``);
+- JSON only, publisher confirms, time limits on every task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
+from celery.signals import celeryd_after_setup, worker_process_init
+from kombu import Exchange, Queue
 
-app = Celery("shop")
+from shop.config import Settings, get_settings
+from shop.db import dispose_engine
+
+QUEUES = ("orders", "payments", "notifications", "reports")
+DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="topic", durable=True)
+DEAD_LETTER_QUEUE = Queue("shop.dead_letter", DEAD_LETTER_EXCHANGE, routing_key="#",
+                          durable=True)
+ROUTES = {
+    "shop.orders.check_inventory": "orders",
+    "shop.orders.reserve_stock": "orders",
+    "shop.orders.request_fulfillment": "orders",
+    "shop.orders.charge_payment": "payments",
+    "shop.orders.capture_payment": "payments",
+    "shop.payments.void_payment": "payments",
+    "shop.orders.send_confirmation": "notifications",
+    "shop.reports.*": "reports",
+}
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    args: dict[str, Any] = {}
+    if settings.broker_is_amqp:
+        args = {"x-queue-type": "classic", "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
+    return [
+        Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
+              durable=True, queue_arguments={**args, "x-dead-letter-routing-key": name}
+              if args else None)
+        for name in QUEUES
+    ]
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_is_amqp:
+        return {"confirm_publish": True}
+    if settings.broker_url.startswith("filesystem://"):
+        root = Path(settings.broker_url.removeprefix("filesystem://") or "var/broker")
+        for sub in ("queue", "control"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(root / "queue"), "data_folder_out": str(root / "queue"),
+                "control_folder": str(root / "control"), "store_processed": False,
+                "polling_interval": settings.broker_polling_interval}
+    return {"polling_interval": settings.broker_polling_interval}
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Apply the shop's settings to ``app`` (also used by tests with other URLs)."""
+    hour, minute = settings.report_time.split(":")
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        task_ignore_result=True, result_backend=None,
+        task_acks_late=True, task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_time_limit=60, task_soft_time_limit=45,
+        task_queues=task_queues(settings), task_default_queue="orders",
+        task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
+        task_create_missing_queues=False,
+        worker_hijack_root_logger=False, worker_send_task_events=False,
+        timezone=settings.timezone, enable_utc=True,
+        beat_schedule={
+            "daily-sales-report": {
+                "task": "shop.reports.build_daily_report",
+                "schedule": crontab(hour=int(hour), minute=int(minute)),
+            },
+        },
+    )
+
+
+app = Celery("shop", include=["shop.orders.tasks", "shop.payments.tasks"])
+configure(app, get_settings())
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    """A forked pool child must not reuse its parent's database connections."""
+    dispose_engine()
+
+
+@celeryd_after_setup.connect
+def _declare_dead_letters(**_: Any) -> None:
+    """Declare the dead-letter exchange and queue the task queues point at."""
+    if get_settings().broker_is_amqp:
+        with app.connection_for_write() as conn:
+            DEAD_LETTER_QUEUE(conn.default_channel).declare()

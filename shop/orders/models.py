@@ -69,6 +69,11 @@ class Order(Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    # Every UPDATE of an order compares and bumps ``version``: two copies of one step
+    # racing to move the same order cannot both win (the loser gets StaleDataError).
+    __mapper_args__ = {"version_id_col": version}
 
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", order_by="OrderLine.sku", cascade="all, delete-orphan"

@@ -1,0 +1,25 @@
+"""The HTTP API: ``uvicorn shop.api:app``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from shop import errors, health
+from shop.limits import BodyLimit
+from shop.orders import admin as orders_admin
+from shop.orders import router as orders_router
+
+
+def create_app() -> FastAPI:
+    """Build the app: routers, error handlers, the body-size guard."""
+    app = FastAPI(title="shop", version="0.1.0",
+                  description="Checkout, admin and webhook API of the shop order workflow.")
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(orders_router.router)
+    app.include_router(orders_admin.router)
+    app.add_middleware(BodyLimit)
+    return app
+
+
+app = create_app()

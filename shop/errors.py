@@ -1,0 +1,92 @@
+"""The API's error shape and handlers: every error is ``ErrorOut`` JSON, never a 500 for input.
+
+    ShopHTTPError
+    └── NotFound            404
+    InvalidRequest (orders.service)   422, names each field
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shop.orders.schemas import ErrorOut, FieldError
+from shop.orders.service import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in {400: "Bad request", 401: "Missing or wrong admin token",
+                         404: "Not found", 413: "Body too large",
+                         422: "Invalid input; `fields` names each problem",
+                         503: "A dependency is down or a feature is not configured"}.items()
+}
+CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "too_large", 503: "unavailable"}
+
+
+class ShopHTTPError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ShopHTTPError):
+    status = 404
+    code = "not_found"
+
+
+def error_response(status: int, code: str, message: str,
+                   fields: list[FieldError] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorOut(error=code, message=message, fields=fields or [])
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = [FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"], type=e["type"])
+              for e in exc.errors()]
+    return error_response(422, "validation_failed", "The request has invalid fields", fields)
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidRequest)
+    fields = [FieldError(field=p.field, message=p.message, type=p.type) for p in exc.problems]
+    return error_response(422, "validation_failed", str(exc), fields)
+
+
+async def _shop(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ShopHTTPError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, CODES.get(exc.status_code, "error"), str(exc.detail),
+                          headers=dict(exc.headers or {}))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every error the ``ErrorOut`` shape."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(InvalidRequest, _invalid)
+    app.add_exception_handler(ShopHTTPError, _shop)
+    app.add_exception_handler(StarletteHTTPException, _http)

@@ -1,0 +1,46 @@
+"""``GET /healthz``: is the database there, and the broker?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from shop.celery import app as celery_app
+from shop.db import session_scope
+from shop.messaging.service import pending_count
+
+router = APIRouter(tags=["health"])
+
+
+def _database() -> tuple[bool, Any]:
+    try:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+            return True, {"outbox_pending": pending_count(session)}
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _broker() -> tuple[bool, Any]:
+    try:
+        with celery_app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True, "ok"
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:300]
+
+
+@router.get("/healthz")
+def healthz() -> JSONResponse:
+    """200 when the database and broker answer; 503 naming what is down otherwise."""
+    db_ok, db = _database()
+    broker_ok, broker = _broker()
+    ok = db_ok and broker_ok
+    body = {"status": "ok" if ok else "degraded", "database": db, "broker": broker}
+    if not ok:
+        body["down"] = [name for name, up in (("database", db_ok), ("broker", broker_ok))
+                        if not up]
+    return JSONResponse(body, status_code=200 if ok else 503)

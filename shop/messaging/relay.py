@@ -1,0 +1,79 @@
+"""The outbox relay: publishes committed outbox rows to the broker.
+
+Run as ``shop relay`` (several may run at once). Task messages go out through the
+Celery app with the outbox row id as task id; events go to their topic exchange
+as persistent JSON with the row id as ``message_id``. When the broker is down the
+rows wait, and the relay backs off and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+from kombu import Exchange
+
+from shop.config import get_settings
+from shop.db import session_scope
+from shop.messaging.models import OutboxMessage
+from shop.messaging.service import relay_batch
+
+log = logging.getLogger(__name__)
+
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
+                 "interval_max": 1.0}
+
+
+class Publisher:
+    """Sends outbox rows through a Celery app's producer pool (publisher confirms on)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def __call__(self, message: OutboxMessage) -> None:
+        if message.kind == "task":
+            self.app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
+                               retry=True, retry_policy=PUBLISH_RETRY)
+            return
+        exchange = Exchange(message.exchange, type="topic", durable=True)
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                message.payload, exchange=exchange, routing_key=message.name,
+                declare=[exchange], serializer="json", delivery_mode=2,
+                message_id=str(message.id), retry=True, retry_policy=PUBLISH_RETRY,
+            )
+
+    def reset(self) -> None:
+        """Drop pooled broker connections after a failure."""
+        self.app.pool.force_close_all()
+
+
+def relay_once(publisher: Publisher) -> int:
+    """One pass over due rows; returns how many were published."""
+    with session_scope() as session:
+        return relay_batch(session, publish=publisher, limit=get_settings().relay_batch_size)
+
+
+def run(app: Celery, stop: threading.Event | None = None) -> None:
+    """Relay until ``stop`` is set, backing off while the broker is unreachable."""
+    stop = stop or threading.Event()
+    publisher = Publisher(app)
+    poll = get_settings().relay_poll_interval
+    delay = poll
+    log.info("outbox relay started")
+    while not stop.is_set():
+        try:
+            sent = relay_once(publisher)
+        except Exception as exc:
+            log.warning("relay could not publish (%s); retrying in %.1fs", exc, delay)
+            publisher.reset()
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = poll
+        if sent == 0:
+            stop.wait(poll)
+        else:
+            time.sleep(0)

@@ -1,0 +1,106 @@
+"""Writing to the outbox, and the relay's claim-publish-mark cycle.
+
+Messages are added to the caller's session and leave only after its commit: a
+crash between commit and publish leaves the row for the relay to send later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Integer, cast, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shop.db import utcnow
+from shop.messaging.models import OutboxMessage, TaskDelivery
+
+Publish = Callable[[OutboxMessage], None]
+
+
+def enqueue_task(
+    session: Session, *, name: str, kwargs: dict[str, Any], delay: float = 0,
+    message_id: uuid.UUID | None = None,
+) -> OutboxMessage:
+    """Add a Celery task message to the outbox; it is sent after the caller commits."""
+    message = OutboxMessage(
+        id=message_id or uuid.uuid4(), kind="task", name=name, exchange=None, payload=kwargs,
+        available_at=utcnow() + dt.timedelta(seconds=delay),
+    )
+    session.add(message)
+    return message
+
+
+def enqueue_event(
+    session: Session, *, exchange: str, routing_key: str, body: dict[str, Any],
+    message_id: uuid.UUID,
+) -> OutboxMessage:
+    """Add an integration event for other systems; ``message_id`` is what they dedupe on."""
+    message = OutboxMessage(
+        id=message_id, kind="event", name=routing_key, exchange=exchange, payload=body,
+    )
+    session.add(message)
+    return message
+
+
+def relay_batch(session: Session, *, publish: Publish, limit: int) -> int:
+    """Publish up to ``limit`` due messages; returns how many went out.
+
+    Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL), so several relays
+    share the work without sending a message twice; SQLite serializes writers instead.
+    A publish failure leaves the row (and the rest of the batch) for a later pass.
+    """
+    due = (
+        select(OutboxMessage)
+        .where(OutboxMessage.published_at.is_(None), OutboxMessage.available_at <= utcnow())
+        .order_by(OutboxMessage.available_at, OutboxMessage.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    sent = 0
+    try:
+        for message in session.scalars(due).all():
+            try:
+                publish(message)
+            except Exception as exc:
+                message.attempts += 1
+                message.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                raise
+            message.published_at = utcnow()
+            sent += 1
+    finally:
+        session.commit()
+    return sent
+
+
+def pending_count(session: Session) -> int:
+    """Messages not yet published (for health checks and tests)."""
+    query = select(func.count()).where(OutboxMessage.published_at.is_(None))
+    return int(session.scalar(query) or 0)
+
+
+def count_delivery(session: Session, *, message_id: str, task_name: str) -> int:
+    """Count one more start of a task message and return the total so far."""
+    for _ in range(3):
+        now = utcnow()
+        bumped = session.execute(
+            update(TaskDelivery)
+            .where(TaskDelivery.message_id == message_id)
+            .values(deliveries=cast(TaskDelivery.deliveries + 1, Integer), last_at=now)
+            .returning(TaskDelivery.deliveries)
+        ).scalar()
+        if bumped is not None:
+            session.commit()
+            return int(bumped)
+        session.add(TaskDelivery(message_id=message_id, task_name=task_name, deliveries=1,
+                                 first_at=now, last_at=now))
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent copy inserted first: bump theirs
+            session.rollback()
+            continue
+        return 1
+    raise RuntimeError(f"could not count delivery of {message_id}")

@@ -1,0 +1,46 @@
+"""Storefront routes: products and orders."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from shop.deps import SessionDep
+from shop.errors import ERROR_RESPONSES, NotFound
+from shop.orders import service
+from shop.orders.schemas import OrderIn, OrderOut, ProductOut
+
+router = APIRouter(prefix="/v1", tags=["storefront"], responses=ERROR_RESPONSES)
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+           description="Repeat a checkout safely: the same key and body give the same order"),
+]
+
+
+@router.get("/products", response_model=list[ProductOut])
+def list_products(session: SessionDep) -> list[ProductOut]:
+    """The catalogue; ``available`` is on-hand stock minus reserved."""
+    return service.list_products(session)
+
+
+@router.post("/orders", status_code=202, response_model=OrderOut)
+def place_order(body: OrderIn, session: SessionDep, response: Response,
+                idempotency_key: IdempotencyKeyHeader = None) -> OrderOut:
+    """Accept an order; the workflow runs in the background."""
+    order = service.place_order(session, data=body, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/orders/{order.id}"
+    return service.order_view(session, order=order)
+
+
+@router.get("/orders/{order_id}", response_model=OrderOut)
+def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderOut:
+    """One order with its lines, payment, failure and timeline."""
+    try:
+        order = service.get_order(session, order_id=order_id)
+    except service.OrderNotFound:
+        raise NotFound(f"no order {order_id}") from None
+    return service.order_view(session, order=order)

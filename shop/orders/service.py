@@ -1,0 +1,201 @@
+"""Storefront and catalogue use cases. Each commits its own single transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from shop.db import utcnow
+from shop.orders import workflow
+from shop.orders.models import FulfillmentRequest, IdempotencyKey, Order, OrderLine, Product
+from shop.orders.schemas import (
+    EventOut,
+    FailureOut,
+    FulfillmentOut,
+    LineOut,
+    OrderIn,
+    OrderOut,
+    PaymentOut,
+    ProductIn,
+    ProductOut,
+)
+from shop.payments.models import Payment
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    field: str
+    message: str
+    type: str
+
+
+class InvalidRequest(Exception):
+    """Input that is well-formed but wrong (unknown SKU, mixed currencies, …)."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = list(problems)
+
+
+class IdempotencyConflict(InvalidRequest):
+    """The Idempotency-Key was used before with a different body."""
+
+
+class OrderNotFound(Exception):
+    pass
+
+
+def request_hash(data: OrderIn) -> str:
+    """A fingerprint of the checkout body, independent of key order and whitespace."""
+    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def place_order(session: Session, *, data: OrderIn, idempotency_key: str | None) -> Order:
+    """Write the order, its lines, its first event and its workflow message in one commit.
+
+    A repeated ``idempotency_key`` returns the order it created before; the primary
+    key on ``idempotency_keys`` decides races, not a read-then-write.
+    """
+    fingerprint = request_hash(data)
+    if idempotency_key is not None:
+        existing = _replay(session, key=idempotency_key, fingerprint=fingerprint)
+        if existing is not None:
+            return existing
+    order = _build_order(session, data=data)
+    session.add(order)
+    if idempotency_key is not None:
+        session.flush()
+        session.add(IdempotencyKey(key=idempotency_key, request_hash=fingerprint,
+                                   order_id=order.id))
+    workflow.start(session, order=order)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _replay(session, key=idempotency_key, fingerprint=fingerprint)
+        if existing is None:
+            raise
+        return existing
+    return order
+
+
+def _replay(session: Session, *, key: str, fingerprint: str) -> Order | None:
+    record = session.get(IdempotencyKey, key)
+    if record is None:
+        return None
+    if record.request_hash != fingerprint:
+        raise IdempotencyConflict([FieldProblem(
+            "Idempotency-Key", "this key was already used with a different request body",
+            "idempotency_key_reused")])
+    return get_order(session, order_id=record.order_id)
+
+
+def _build_order(session: Session, *, data: OrderIn) -> Order:
+    skus = [line.sku for line in data.lines]
+    products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+    problems = [
+        FieldProblem(f"lines[{i}].sku", f"unknown SKU {line.sku!r}", "unknown_sku")
+        for i, line in enumerate(data.lines) if line.sku not in products
+    ]
+    if problems:
+        raise InvalidRequest(problems)
+    currency = products[skus[0]].currency
+    problems = [
+        FieldProblem(f"lines[{i}].sku",
+                     f"{line.sku!r} is priced in {products[line.sku].currency}, not {currency}",
+                     "currency_mismatch")
+        for i, line in enumerate(data.lines) if products[line.sku].currency != currency
+    ]
+    if problems:
+        raise InvalidRequest(problems)
+    lines = [
+        OrderLine(sku=line.sku, name=products[line.sku].name, quantity=line.quantity,
+                  unit_price=products[line.sku].price,
+                  line_total=products[line.sku].price * line.quantity)
+        for line in data.lines
+    ]
+    subtotal = sum(line.line_total for line in lines)
+    now = utcnow()
+    order = Order(
+        id=uuid.uuid4(), email=str(data.email), name=data.name, currency=currency,
+        subtotal=subtotal, total=subtotal, payment_method=data.payment_method,
+        shipping_address=data.shipping_address.model_dump(exclude_none=True),
+        lines=lines, created_at=now, updated_at=now,
+    )
+    order.record("order.placed", detail={"lines": len(lines), "total": subtotal}, at=now)
+    return order
+
+
+def get_order(session: Session, *, order_id: uuid.UUID) -> Order:
+    """The order with its lines and timeline, or ``OrderNotFound``."""
+    order = session.scalar(
+        select(Order).where(Order.id == order_id)
+        .options(selectinload(Order.lines), selectinload(Order.events))
+    )
+    if order is None:
+        raise OrderNotFound(str(order_id))
+    return order
+
+
+def order_view(session: Session, *, order: Order) -> OrderOut:
+    """The contract's JSON shape of an order."""
+    payment = session.scalar(
+        select(Payment).where(Payment.order_id == order.id).order_by(Payment.attempt.desc())
+    )
+    fulfillment = session.scalar(
+        select(FulfillmentRequest).where(FulfillmentRequest.order_id == order.id)
+    )
+    failure = None
+    if order.failure_step and order.failure_reason:
+        failure = FailureOut(step=order.failure_step, reason=order.failure_reason,
+                             message=order.failure_message or "")
+    return OrderOut(
+        id=order.id, status=order.status, email=order.email, name=order.name,
+        currency=order.currency, subtotal=order.subtotal, total=order.total,
+        lines=[LineOut(sku=x.sku, name=x.name, quantity=x.quantity, unit_price=x.unit_price,
+                       line_total=x.line_total) for x in order.lines],
+        payment=None if payment is None else PaymentOut(
+            status=payment.status, provider=payment.provider, reference=payment.reference,
+            client_secret=payment.client_secret if order.status == "requires_action" else None),
+        failure=failure,
+        fulfillment=None if fulfillment is None else FulfillmentOut(status=fulfillment.status),
+        events=[EventOut(at=e.at, type=e.type, detail=e.detail) for e in order.events],
+        created_at=order.created_at, updated_at=order.updated_at,
+    )
+
+
+def list_products(session: Session) -> list[ProductOut]:
+    """The catalogue with what can still be sold."""
+    return [
+        ProductOut(sku=p.sku, name=p.name, price=p.price, currency=p.currency,
+                   available=p.available)
+        for p in session.scalars(select(Product).order_by(Product.sku))
+    ]
+
+
+def put_product(session: Session, *, sku: str, data: ProductIn) -> tuple[ProductOut, bool]:
+    """Create or update a product; returns it and whether it was created."""
+    product = session.get(Product, sku, with_for_update=True)
+    created = product is None
+    if product is None:
+        product = Product(sku=sku, reserved=0)
+        session.add(product)
+    elif data.stock < product.reserved:
+        raise InvalidRequest([FieldProblem(
+            "stock", f"{product.reserved} units are reserved by orders; stock cannot go below",
+            "below_reserved")])
+    product.name, product.price, product.currency = data.name, data.price, data.currency
+    product.on_hand = data.stock
+    session.commit()
+    return ProductOut(sku=sku, name=product.name, price=product.price,
+                      currency=product.currency, available=product.available), created
