@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.localstripe",
     "tests.fixtures.smtp",
+    "tests.fixtures.api",
 ]
 
 

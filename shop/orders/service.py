@@ -26,6 +26,7 @@ from shop.orders.schemas import (
     ProductIn,
     ProductOut,
 )
+from shop.orders.states import Stage
 from shop.payments.models import Payment
 
 
@@ -127,7 +128,8 @@ def _build_order(session: Session, *, data: OrderIn) -> Order:
     subtotal = sum(line.line_total for line in lines)
     now = utcnow()
     order = Order(
-        id=uuid.uuid4(), email=str(data.email), name=data.name, currency=currency,
+        id=uuid.uuid4(), stage=Stage.PLACED, status=Stage.PLACED.status, payment_attempt=1,
+        email=str(data.email), name=data.name, currency=currency,
         subtotal=subtotal, total=subtotal, payment_method=data.payment_method,
         shipping_address=data.shipping_address.model_dump(exclude_none=True),
         lines=lines, created_at=now, updated_at=now,
