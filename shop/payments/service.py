@@ -61,6 +61,7 @@ def open_attempt(
     query = select(Payment).where(Payment.order_id == order_id, Payment.attempt == attempt)
     payment = session.scalar(query)
     if payment is not None:
+        session.commit()  # end the read: no transaction stays open across provider calls
         return payment
     session.add(Payment(order_id=order_id, attempt=attempt, provider=provider, amount=amount,
                         currency=currency, idempotency_key=attempt_key(order_id, attempt)))
@@ -70,6 +71,7 @@ def open_attempt(
         session.rollback()
     payment = session.scalar(query)
     assert payment is not None
+    session.commit()
     return payment
 
 
