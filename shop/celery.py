@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.schedules import crontab
 from celery.signals import celeryd_after_setup, worker_process_init
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
@@ -32,6 +31,7 @@ ROUTES = {
     "shop.orders.check_inventory": "orders",
     "shop.orders.reserve_stock": "orders",
     "shop.orders.request_fulfillment": "orders",
+    "shop.orders.resume_stuck_orders": "orders",
     "shop.orders.charge_payment": "payments",
     "shop.orders.capture_payment": "payments",
     "shop.payments.void_payment": "payments",
@@ -67,7 +67,6 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def configure(app: Celery, settings: Settings) -> None:
     """Apply the shop's settings to ``app`` (also used by tests with other URLs)."""
-    hour, minute = settings.report_time.split(":")
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=transport_options(settings),
@@ -84,10 +83,8 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_hijack_root_logger=False, worker_send_task_events=False,
         timezone=settings.timezone, enable_utc=True,
         beat_schedule={
-            "daily-sales-report": {
-                "task": "shop.reports.build_daily_report",
-                "schedule": crontab(hour=int(hour), minute=int(minute)),
-            },
+            "resume-stuck-orders": {"task": "shop.orders.resume_stuck_orders",
+                                    "schedule": 60.0},
         },
     )
 

@@ -6,9 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from kombu import Connection
 from sqlalchemy import text
 
-from shop.celery import app as celery_app
+from shop.celery import transport_options
+from shop.config import get_settings
 from shop.db import session_scope
 from shop.messaging.service import pending_count
 
@@ -26,7 +28,10 @@ def _database() -> tuple[bool, Any]:
 
 def _broker() -> tuple[bool, Any]:
     try:
-        with celery_app.connection_for_read() as conn:
+        settings = get_settings()
+        options = transport_options(settings)
+        with Connection(settings.broker_url, transport_options=options,
+                        connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         return True, "ok"
     except Exception as exc:

@@ -42,7 +42,7 @@ def backoff(retries: int) -> float:
     """Seconds before retry number ``retries + 1``: doubling, capped, with jitter."""
     settings = get_settings()
     delay = min(settings.retry_max_delay, settings.retry_base_delay * 2**retries)
-    return delay * random.uniform(0.5, 1.0)
+    return float(delay * random.uniform(0.5, 1.0))
 
 
 def run_step(task: Task, work: Callable[[Session], None],

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.localstripe",
     "tests.fixtures.smtp",
     "tests.fixtures.api",
+    "tests.fixtures.stack",
 ]
 
 

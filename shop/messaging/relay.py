@@ -13,7 +13,7 @@ import threading
 import time
 
 from celery import Celery
-from kombu import Exchange
+from kombu.entity import Exchange
 
 from shop.config import get_settings
 from shop.db import session_scope

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from shop.celery import app
 from shop.config import get_settings
 from shop.notifications.mailer import build_mailer
-from shop.orders import steps
+from shop.orders import steps, workflow
 from shop.orders.states import Step
 from shop.payments.providers import build_gateway
 from shop.tasks import run_step, task_options
@@ -73,3 +73,15 @@ def request_fulfillment_task(self: Task, order_id: str) -> None:
 def _note_gave_up(event: str, order_id: str, session: Session, exc: Exception) -> None:
     steps.note_problem(session, order_id=uuid.UUID(order_id), type_=event,
                        message=f"{type(exc).__name__}: {exc}"[:500])
+
+
+STUCK_AFTER_SECONDS = 300.0
+
+
+@app.task(name="shop.orders.resume_stuck_orders", **task_options())
+def resume_stuck_orders_task(self: Task) -> None:
+    run_step(self, lambda s: _resume(s), lambda _s, _e: None)
+
+
+def _resume(session: Session) -> None:
+    workflow.resume_stuck(session, older_than=STUCK_AFTER_SECONDS)

@@ -16,11 +16,14 @@ its stage, and commits once at the end. Provider calls happen outside transactio
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shop.db import utcnow
 from shop.messaging.service import enqueue_task
 from shop.orders.models import Order, Product
 from shop.orders.states import Event, Stage, Step
@@ -58,9 +61,10 @@ def start(session: Session, *, order: Order) -> None:
     continue_from(session, order=order)
 
 
-def advance(session: Session, *, order: Order, event: Event,
-            failure: tuple[Step, str, str] | None = None, detail: dict[str, object] | None = None,
-            ) -> None:
+def advance(
+    session: Session, *, order: Order, event: Event,
+    failure: tuple[Step, str, str] | None = None, detail: Mapping[str, object] | None = None,
+) -> None:
     """Apply ``event`` and enqueue what follows; the caller commits."""
     order.apply(event, failure=failure, detail=dict(detail or {}))
     continue_from(session, order=order)
@@ -101,3 +105,26 @@ def release_lines(session: Session, *, order: Order) -> None:
             update(Product).where(Product.sku == line.sku)
             .values(reserved=Product.reserved - line.quantity)
         )
+
+
+STUCK_STAGES = (Stage.PLACED, Stage.IN_STOCK, Stage.AUTHORIZED, Stage.RESERVED)
+
+
+def resume_stuck(session: Session, *, older_than: float, limit: int = 500) -> int:
+    """Re-send the next step of orders that have not moved for ``older_than`` seconds.
+
+    A safety net for messages lost outside the broker's guarantees (the embedded
+    broker has no acknowledgements; a dead-lettered step leaves its order waiting).
+    Steps are idempotent, so a resend to an order that is in fact moving is harmless.
+    """
+    cutoff = utcnow() - dt.timedelta(seconds=older_than)
+    stuck = session.scalars(
+        select(Order).where(Order.stage.in_(STUCK_STAGES), Order.updated_at < cutoff)
+        .order_by(Order.updated_at).limit(limit)
+    ).all()
+    for order in stuck:
+        order.record("workflow.resumed", detail={"stage": order.stage})
+        order.updated_at = utcnow()
+        continue_from(session, order=order)
+    session.commit()
+    return len(stuck)

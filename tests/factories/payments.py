@@ -1,0 +1,79 @@
+"""A recording in-memory payment gateway for step tests (the real ones are tested
+against localstripe and in their own unit tests)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+
+from shop.payments.gateway import (
+    IntentState,
+    PaymentDeclined,
+    PaymentProviderError,
+    PaymentTransientError,
+)
+
+
+@dataclass
+class FakeGateway:
+    name: str = "fake"
+    intents: dict[str, IntentState] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    decline: set[str] = field(default_factory=set)
+    fail_next: list[str] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def _maybe_fail(self, op: str) -> None:
+        if self.fail_next and self.fail_next[0] == op:
+            self.fail_next.pop(0)
+            raise PaymentTransientError(f"{op} timed out")
+
+    def create_intent(self, *, amount: int, currency: str, payment_method: str,
+                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
+        self._maybe_fail("create")
+        ref = f"pi_fake_{next(self._ids)}"
+        self.calls.append(("create", ref))
+        self.intents[ref] = IntentState(reference=ref, status="requires_confirmation",
+                                        amount=amount)
+        self.metadata[ref] = {**metadata, "pm": payment_method}
+        return self.intents[ref]
+
+    def retrieve(self, reference: str) -> IntentState:
+        self._maybe_fail("retrieve")
+        if reference not in self.intents:
+            raise PaymentProviderError(f"no intent {reference}")
+        return self.intents[reference]
+
+    def confirm(self, reference: str, *, idempotency_key: str) -> IntentState:
+        self._maybe_fail("confirm")
+        self.calls.append(("confirm", reference))
+        state = self.intents[reference]
+        if state.status != "requires_confirmation":
+            raise PaymentProviderError("intent is not awaiting confirmation")
+        if self.metadata[reference]["pm"] in self.decline:
+            self.intents[reference] = replace(state, status="requires_payment_method")
+            raise PaymentDeclined("card_declined", "Your card was declined.")
+        self.intents[reference] = replace(state, status="requires_capture")
+        self._maybe_fail("after_confirm")
+        return self.intents[reference]
+
+    def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState:
+        self._maybe_fail("capture")
+        self.calls.append(("capture", reference))
+        state = self.intents[reference]
+        if state.status != "requires_capture":
+            raise PaymentProviderError("intent is not capturable")
+        self.intents[reference] = replace(state, status="succeeded", amount_received=amount)
+        return self.intents[reference]
+
+    def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
+        self.calls.append(("cancel", reference))
+        state = self.intents[reference]
+        if state.status in ("succeeded", "canceled"):
+            raise PaymentProviderError("intent cannot be cancelled")
+        self.intents[reference] = replace(state, status="canceled")
+        return self.intents[reference]
+
+    def count(self, op: str) -> int:
+        return sum(1 for name, _ in self.calls if name == op)

@@ -1,0 +1,177 @@
+"""Each workflow step against a real database, run twice, and after crashes."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shop.messaging.models import OutboxMessage
+from shop.orders import steps, workflow
+from shop.orders.models import FulfillmentRequest, Order, Product
+from shop.payments.gateway import PaymentTransientError
+from shop.payments.models import Payment
+from tests.factories import orders as order_factory
+from tests.factories.payments import FakeGateway
+
+
+def queued(session: Session) -> list[str]:
+    return [m.name for m in session.scalars(
+        select(OutboxMessage).order_by(OutboxMessage.created_at))]
+
+
+def reload(session: Session, order_id: uuid.UUID) -> Order:
+    session.expire_all()
+    order = session.get(Order, order_id)
+    assert order is not None
+    return order
+
+
+def run_to_confirmed(session: Session, order_id: uuid.UUID, gateway: FakeGateway) -> None:
+    steps.check_inventory(session, order_id=order_id)
+    steps.charge_payment(session, order_id=order_id, gateway=gateway, owner="a")
+    steps.reserve_stock(session, order_id=order_id)
+    steps.capture_payment(session, order_id=order_id, gateway=gateway, owner="a")
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    return FakeGateway()
+
+
+def test_each_step_enqueues_exactly_the_next_one_in_its_commit(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    run_to_confirmed(session, order.id, gateway)
+    assert queued(session) == [
+        "shop.orders.check_inventory", "shop.orders.charge_payment",
+        "shop.orders.reserve_stock", "shop.orders.capture_payment",
+        "shop.orders.send_confirmation", "shop.orders.request_fulfillment"]
+    assert reload(session, order.id).status == "confirmed"
+
+
+def test_every_step_run_twice_has_the_effect_of_once(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    run_to_confirmed(session, order.id, gateway)
+    run_to_confirmed(session, order.id, gateway)
+    steps.request_fulfillment(session, order_id=order.id)
+    steps.request_fulfillment(session, order_id=order.id)
+    assert (gateway.count("create"), gateway.count("confirm"), gateway.count("capture")) == (
+        1, 1, 1)
+    assert session.get(Product, "MUG-BLUE").reserved == 2  # type: ignore[union-attr]
+    assert len(session.scalars(select(FulfillmentRequest)).all()) == 1
+    assert len(queued(session)) == 7  # six steps and one fulfillment event
+
+
+def test_a_rerun_after_a_crash_between_create_and_confirm_reuses_the_stored_intent(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    steps.check_inventory(session, order_id=order.id)
+    gateway.fail_next = ["confirm"]  # the intent is created and stored, then confirm fails
+    with pytest.raises(PaymentTransientError):
+        steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    payment = session.scalar(select(Payment))
+    assert payment is not None
+    assert payment.reference is not None
+    assert payment.idempotency_key == f"{order.id}:1"
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    assert gateway.count("create") == 1
+    assert reload(session, order.id).stage == "authorized"
+
+
+def test_a_rerun_after_a_lost_confirm_answer_asks_the_provider_instead_of_charging(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    steps.check_inventory(session, order_id=order.id)
+    gateway.fail_next = ["after_confirm"]  # authorized at the provider, answer lost
+    with pytest.raises(PaymentTransientError):
+        steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    assert (gateway.count("create"), gateway.count("confirm")) == (1, 1)
+    assert reload(session, order.id).stage == "authorized"
+
+
+def test_a_concurrent_copy_is_kept_out_by_the_lease(session: Session,
+                                                    gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    steps.check_inventory(session, order_id=order.id)
+    steps.claim_lease(session, order_id=order.id, owner="copy-1")
+    with pytest.raises(steps.OrderBusy):
+        steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="copy-2")
+    assert gateway.calls == []
+
+
+def test_a_decline_fails_the_order_without_touching_stock(session: Session,
+                                                          gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    gateway.decline.add("pm_card_chargeDeclined")
+    order = order_factory.order(session, payment_method="pm_card_chargeDeclined")
+    steps.check_inventory(session, order_id=order.id)
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    failed = reload(session, order.id)
+    assert (failed.status, failed.failure_step, failed.failure_reason) == (
+        "failed", "payment", "card_declined")
+    assert session.get(Product, "MUG-BLUE").reserved == 0  # type: ignore[union-attr]
+    assert queued(session)[-1] == "shop.orders.charge_payment"
+
+
+def test_stock_gone_at_reservation_fails_the_order_and_voids_the_authorization(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=2)
+    first = order_factory.order(session)
+    second = order_factory.order(session)
+    for order_id in (first.id, second.id):
+        steps.check_inventory(session, order_id=order_id)
+        steps.charge_payment(session, order_id=order_id, gateway=gateway, owner="a")
+    steps.reserve_stock(session, order_id=first.id)
+    steps.reserve_stock(session, order_id=second.id)
+    lost = reload(session, second.id)
+    assert (lost.status, lost.failure_step, lost.failure_reason) == (
+        "failed", "reservation", "out_of_stock")
+    assert queued(session)[-1] == "shop.payments.void_payment"
+    from shop.payments import service as payments
+
+    assert payments.void(session, order_id=second.id, attempt=1, gateway=gateway) == "canceled"
+    assert session.get(Product, "MUG-BLUE").reserved == 2  # type: ignore[union-attr]
+
+
+def test_out_of_stock_at_inventory_never_reaches_the_provider(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=1)
+    order = order_factory.order(session)
+    steps.check_inventory(session, order_id=order.id)
+    assert reload(session, order.id).failure_reason == "out_of_stock"
+    assert queued(session) == ["shop.orders.check_inventory"]
+
+
+def test_giving_up_on_a_reserved_order_releases_stock_and_voids(
+        session: Session, gateway: FakeGateway) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    steps.check_inventory(session, order_id=order.id)
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    steps.reserve_stock(session, order_id=order.id)
+    assert steps.fail_step(session, order_id=order.id, step=workflow.Step.PAYMENT,
+                           reason="payment_unavailable", message="provider down")
+    failed = reload(session, order.id)
+    assert (failed.status, failed.failure_reason) == ("failed", "payment_unavailable")
+    assert session.get(Product, "MUG-BLUE").reserved == 0  # type: ignore[union-attr]
+    assert queued(session)[-1] == "shop.payments.void_payment"
+    assert not steps.fail_step(session, order_id=order.id, step=workflow.Step.PAYMENT,
+                               reason="payment_unavailable", message="again")
+
+
+def test_stuck_orders_get_their_next_step_sent_again(session: Session) -> None:
+    order_factory.product(session, stock=10)
+    order = order_factory.order(session)
+    assert workflow.resume_stuck(session, older_than=3600) == 0
+    assert workflow.resume_stuck(session, older_than=0) == 1
+    assert queued(session) == ["shop.orders.check_inventory"] * 2
