@@ -1,5 +1,4 @@
-"""shop: an idempotent e-commerce order workflow backend."""
+"""shop: an idempotent e-commerce order workflow backend.
 
-from shop.celery import app as celery_app
-
-__all__ = ["celery_app"]
+The Celery app lives in ``shop.celery`` (``celery -A shop`` finds it there).
+"""

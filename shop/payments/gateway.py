@@ -14,9 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import stripe
+
+if TYPE_CHECKING:
+    from stripe.params import PaymentIntentCreateParams
 
 
 class PaymentError(Exception):
@@ -150,12 +153,18 @@ def _state(intent: stripe.PaymentIntent) -> IntentState:
 
 
 class StripeGateway:
-    """PaymentIntents at Stripe (or a Stripe emulator at ``api_base``), manual capture."""
+    """PaymentIntents at Stripe (or a Stripe emulator at ``api_base``), manual capture.
+
+    Real Stripe is told the intent takes no redirect-based methods, so a server-side
+    confirm needs no ``return_url``; ``emulator=True`` leaves that field out, because
+    localstripe refuses fields it does not know.
+    """
 
     name = "stripe"
 
     def __init__(self, *, api_key: str, api_base: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 10.0, emulator: bool = False) -> None:
+        self._emulator = emulator
         self._http = stripe.RequestsClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,
@@ -170,19 +179,19 @@ class StripeGateway:
         metadata: dict[str, str], idempotency_key: str,
     ) -> IntentState:
         """Create an unconfirmed, manual-capture card intent."""
+        params: PaymentIntentCreateParams = {
+            "amount": amount,
+            "currency": currency.lower(),
+            "payment_method": payment_method,
+            "capture_method": "manual",
+            "confirm": False,
+            "metadata": metadata,
+        }
+        if not self._emulator:
+            params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}
         with _translated():
             intent = self._intents.create(
-                params={
-                    "amount": amount,
-                    "currency": currency.lower(),
-                    "payment_method": payment_method,
-                    "payment_method_types": ["card"],
-                    "capture_method": "manual",
-                    "confirm": False,
-                    "metadata": metadata,
-                },
-                options={"idempotency_key": idempotency_key},
-            )
+                params=params, options={"idempotency_key": idempotency_key})
         return _state(intent)
 
     def retrieve(self, reference: str) -> IntentState:
@@ -214,4 +223,4 @@ class StripeGateway:
 
     def close(self) -> None:
         """Close this thread's pooled HTTP connections."""
-        self._http.close()
+        self._http.close()  # type: ignore[no-untyped-call]

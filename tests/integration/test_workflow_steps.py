@@ -175,3 +175,4 @@ def test_stuck_orders_get_their_next_step_sent_again(session: Session) -> None:
     assert workflow.resume_stuck(session, older_than=3600) == 0
     assert workflow.resume_stuck(session, older_than=0) == 1
     assert queued(session) == ["shop.orders.check_inventory"] * 2
+    assert reload(session, order.id).events[-1].type == "workflow.resumed"

@@ -1,0 +1,24 @@
+"""Choose the payment gateway the settings ask for."""
+
+from __future__ import annotations
+
+from shop.config import Settings
+from shop.payments.dummy import DEFAULT_STATE_DIR, DummyGateway
+from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
+
+
+def build_gateway(settings: Settings) -> PaymentGateway:
+    """Stripe when the settings choose it, else the dummy provider that needs no server.
+
+    A set ``stripe_api_base`` means a Stripe emulator (localstripe in tests), which
+    is sent only the request fields it understands.
+    """
+    if settings.provider == "stripe":
+        if settings.stripe_api_key is None:
+            raise PaymentProviderError("SHOP_PAYMENT_PROVIDER=stripe needs SHOP_STRIPE_API_KEY")
+        return StripeGateway(
+            api_key=settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            emulator=settings.stripe_api_base is not None,
+        )
+    return DummyGateway(state_dir=DEFAULT_STATE_DIR, latency_ms=settings.dummy_payment_latency_ms)
