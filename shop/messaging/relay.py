@@ -13,6 +13,7 @@ import threading
 import time
 
 from celery import Celery
+from kombu import Connection, Producer
 from kombu.entity import Exchange
 
 from shop.config import get_settings
@@ -27,27 +28,41 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
 
 
 class Publisher:
-    """Sends outbox rows through a Celery app's producer pool (publisher confirms on)."""
+    """Sends outbox rows over one broker connection of its own (publisher confirms on)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+
+    def _get_producer(self) -> Producer:
+        if self._producer is None:
+            connection = self.app.connection_for_write()
+            connection.ensure_connection(max_retries=1)
+            self._connection, self._producer = connection, connection.Producer()
+        return self._producer
 
     def __call__(self, message: OutboxMessage) -> None:
+        producer = self._get_producer()
         if message.kind == "task":
             self.app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
-                               retry=True, retry_policy=PUBLISH_RETRY)
+                               producer=producer, retry=True, retry_policy=PUBLISH_RETRY)
             return
         exchange = Exchange(message.exchange, type="topic", durable=True)
-        with self.app.producer_or_acquire() as producer:
-            producer.publish(
-                message.payload, exchange=exchange, routing_key=message.name,
-                declare=[exchange], serializer="json", delivery_mode=2,
-                message_id=str(message.id), retry=True, retry_policy=PUBLISH_RETRY,
-            )
+        producer.publish(
+            message.payload, exchange=exchange, routing_key=message.name,
+            declare=[exchange], serializer="json", delivery_mode=2,
+            message_id=str(message.id), retry=True, retry_policy=PUBLISH_RETRY,
+        )
 
     def reset(self) -> None:
-        """Drop pooled broker connections after a failure."""
-        self.app.pool.force_close_all()
+        """Drop the broker connection after a failure; the next publish reconnects."""
+        connection, self._connection, self._producer = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception as exc:
+                log.debug("closing a broken connection: %s", exc)
 
 
 def relay_once(publisher: Publisher) -> int:

@@ -1,6 +1,8 @@
 """The payment provider boundary: one interface, the Stripe implementation, errors.
 
-This is the only module that imports ``stripe``. Provider errors become ours here::
+This is the only module that imports ``stripe``: ``StripeGateway`` speaks to Stripe
+(or localstripe) through one ``StripeClient``, and ``translate_error`` turns every SDK
+error into ours, with stable decline reasons from ``decline_reason``::
 
     PaymentError
     ├── PaymentDeclined          the customer's card said no (reason: card_declined, …)
