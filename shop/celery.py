@@ -80,6 +80,7 @@ def configure(app: Celery, settings: Settings) -> None:
         task_queues=task_queues(settings), task_default_queue="orders",
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
         task_create_missing_queues=False,
+        worker_consumer="shop.worker:DeadLetteringConsumer",
         worker_hijack_root_logger=False, worker_send_task_events=False,
         timezone=settings.timezone, enable_utc=True,
         beat_schedule={

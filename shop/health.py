@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import text
 
 from shop.celery import transport_options

@@ -65,8 +65,7 @@ def run_step(task: Task, work: Callable[[Session], None],
     except BUSY as exc:
         if request.retries >= MAX_BUSY_RETRIES:
             raise
-        raise task.retry(exc=exc, countdown=BUSY_DELAY * random.uniform(0.5, 1.5),
-                         max_retries=None) from exc
+        raise task.retry(exc=exc, countdown=BUSY_DELAY * random.uniform(0.5, 1.5)) from exc
     except TRANSIENT as exc:
         failures = _count(task, f"{request.id}:failures")
         if failures >= get_settings().retry_max_attempts:
@@ -75,7 +74,7 @@ def run_step(task: Task, work: Callable[[Session], None],
             with session_scope() as session:
                 on_exhausted(session, exc)
             return
-        raise task.retry(exc=exc, countdown=backoff(failures - 1), max_retries=None) from exc
+        raise task.retry(exc=exc, countdown=backoff(failures - 1)) from exc
 
 
 def _count(task: Task, key: str) -> int:
@@ -84,6 +83,10 @@ def _count(task: Task, key: str) -> int:
 
 
 def task_options(**extra: Any) -> dict[str, Any]:
-    """Options every shop task is declared with."""
+    """Options every shop task is declared with.
+
+    ``max_retries=None`` on the task (not on ``retry()``, where None means "the task's
+    default of 3") leaves bounding to ``run_step``'s own counters.
+    """
     return {"bind": True, "acks_late": True, "reject_on_worker_lost": True,
-            "ignore_result": True, **extra}
+            "ignore_result": True, "max_retries": None, **extra}

@@ -13,8 +13,9 @@ import threading
 import time
 
 from celery import Celery
-from kombu import Connection, Producer
+from kombu.connection import Connection
 from kombu.entity import Exchange
+from kombu.messaging import Producer
 
 from shop.config import get_settings
 from shop.db import session_scope

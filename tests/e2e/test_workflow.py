@@ -28,6 +28,7 @@ from tests.fixtures.stack import (
     Stack,
     bind_warehouse_queue,
     drain,
+    drain_raw,
     statuses,
     wait_terminal,
     wait_until,
@@ -231,6 +232,7 @@ def test_every_workflow_message_delivered_twice_changes_nothing(
     finally:
         stop.set()
         thread.join()
+        publisher.reset()
     intents = intents_by_order(localstripe_url)
     for order_id in order_ids:
         captured = [i for i in intents[order_id] if i["status"] == "succeeded"]
@@ -297,3 +299,31 @@ def subprocess_rabbit(command: str) -> None:
     rabbitmqctl(command)
     if command == "start_app":
         rabbitmqctl("await_startup")
+
+
+def test_poison_and_unknown_messages_are_dead_lettered_and_the_worker_goes_on(
+        stack: Stack, api: TestClient, vhost_url: str) -> None:
+    from kombu import Connection, Exchange
+
+    stack.start_worker("w1")
+    stack.start_relay()
+    first = place(api)
+    assert wait_terminal(stack, [first]) == {first: "confirmed"}  # queues are declared
+    with Connection(vhost_url) as conn:
+        producer = conn.Producer()
+        orders = Exchange("orders", type="direct", durable=True)
+        producer.publish(b"\x80\x04not json", exchange=orders, routing_key="orders",
+                         content_type="application/x-python-serialize",
+                         content_encoding="binary", headers={"task": "x", "id": "poison-1"})
+        producer.publish({"order_id": first}, exchange=orders, routing_key="orders",
+                         serializer="json", headers={"task": "shop.orders.no_such_step",
+                                                     "id": "unknown-1", "argsrepr": "",
+                                                     "kwargsrepr": ""})
+    wait_until(lambda: len(DEAD.extend(drain_raw(vhost_url, "shop.dead_letter")) or DEAD) >= 2,
+               timeout=30, what="two dead letters", stack=stack)
+    assert sorted((m.headers or {}).get("id") for m in DEAD) == ["poison-1", "unknown-1"]
+    after = place(api)
+    assert wait_terminal(stack, [after]) == {after: "confirmed"}
+
+
+DEAD: list[Any] = []

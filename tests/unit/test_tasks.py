@@ -1,0 +1,129 @@
+"""Task declarations and the shared retry policy (unit level: a stand-in task)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from celery.exceptions import Reject
+
+import shop.orders.tasks
+import shop.payments.tasks  # noqa: F401  (registers the tasks)
+from shop import tasks
+from shop.celery import ROUTES, app
+from shop.orders.steps import OrderBusy
+from shop.payments.gateway import PaymentTransientError
+
+SHOP_TASKS = sorted(name for name in app.tasks if name.startswith("shop."))
+
+
+def test_every_workflow_task_is_routed_to_its_domain_queue() -> None:
+    assert set(SHOP_TASKS) <= {n for n in ROUTES if "*" not in n}
+    assert ROUTES["shop.orders.charge_payment"] == "payments"
+    assert ROUTES["shop.orders.send_confirmation"] == "notifications"
+
+
+@pytest.mark.parametrize("name", SHOP_TASKS)
+def test_tasks_ack_late_requeue_on_worker_loss_and_leave_bounding_to_us(name: str) -> None:
+    task = app.tasks[name]
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True
+    # None on the task: Celery's own default of 3 would drop a busy-waiting step.
+    assert task.max_retries is None
+
+
+def test_reliability_settings() -> None:
+    conf = app.conf
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json"
+    assert conf.task_soft_time_limit < conf.task_time_limit
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+
+
+class Retried(Exception):
+    def __init__(self, countdown: float) -> None:
+        super().__init__(countdown)
+        self.countdown = countdown
+
+
+@dataclass
+class Request:
+    id: str = "msg-1"
+    retries: int = 0
+
+
+@dataclass
+class FakeTask:
+    name: str = "shop.test"
+    request: Request = field(default_factory=Request)
+
+    def retry(self, *, exc: Exception, countdown: float) -> Exception:
+        return Retried(countdown)
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    seen: dict[str, int] = {}
+
+    def count(_task: Any, key: str) -> int:
+        seen[key] = seen.get(key, 0) + 1
+        return seen[key]
+
+    monkeypatch.setattr(tasks, "_count", count)
+    return seen
+
+
+def test_a_busy_order_is_retried_soon_however_often(counts: dict[str, int]) -> None:
+    def busy(_: Any) -> None:
+        raise OrderBusy("o")
+
+    task = FakeTask(request=Request(retries=50))
+    with pytest.raises(Retried) as retried:
+        tasks.run_step(task, busy, lambda *_: pytest.fail("must not give up"))  # type: ignore[arg-type]
+    assert retried.value.countdown < 2
+
+
+def test_transient_errors_back_off_then_fail_the_step(
+        counts: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_RETRY_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("SHOP_RETRY_BASE_DELAY", "2")
+    from shop.config import get_settings
+
+    get_settings.cache_clear()
+    gave_up: list[Exception] = []
+
+    def flaky(_: Any) -> None:
+        raise PaymentTransientError("timeout")
+
+    delays = []
+    for attempt in range(2):
+        with pytest.raises(Retried) as retried:
+            tasks.run_step(FakeTask(request=Request(retries=attempt)), flaky,  # type: ignore[arg-type]
+                           lambda _s, e: gave_up.append(e))
+        delays.append(retried.value.countdown)
+    assert 1 <= delays[0] <= 2
+    assert 2 <= delays[1] <= 4
+    tasks.run_step(FakeTask(request=Request(retries=2)), flaky,  # type: ignore[arg-type]
+                   lambda _s, e: gave_up.append(e))
+    assert len(gave_up) == 1
+
+
+def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(
+        counts: dict[str, int]) -> None:
+    gave_up: list[Exception] = []
+    counts["msg-1:0"] = 10  # ten earlier starts of this very delivery
+    with pytest.raises(Reject) as rejected:
+        tasks.run_step(FakeTask(), lambda _: None,  # type: ignore[arg-type]
+                       lambda _s, e: gave_up.append(e))
+    assert rejected.value.requeue is False
+    assert len(gave_up) == 1
+
+
+def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_RETRY_MAX_DELAY", "5")
+    from shop.config import get_settings
+
+    get_settings.cache_clear()
+    assert all(tasks.backoff(n) <= 5 for n in range(20))
