@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +58,23 @@ def claim_lease(session: Session, *, order_id: uuid.UUID, owner: str,
         raise OrderBusy(str(order_id))
 
 
+@contextmanager
+def leased(session: Session, *, order_id: uuid.UUID, owner: str) -> Iterator[None]:
+    """Hold the order's lease for the block; give it back at once if the block fails."""
+    claim_lease(session, order_id=order_id, owner=owner)
+    try:
+        yield
+    except BaseException:
+        session.rollback()
+        session.execute(
+            update(Order).where(Order.id == order_id, Order.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        raise
+
+
 def _end_lease(order: Order) -> None:
     order.lease_owner = None
     order.lease_until = None
@@ -81,12 +100,12 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
     order = load(session, order_id=order_id)
     if order is None or order.current_stage is not Stage.IN_STOCK:
         return
-    claim_lease(session, order_id=order_id, owner=owner)
-    payment = payments.open_attempt(
-        session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
-        currency=order.currency, provider=gateway.name)
-    result = payments.authorize(session, payment=payment, payment_method=order.payment_method,
-                                gateway=gateway)
+    with leased(session, order_id=order_id, owner=owner):
+        payment = payments.open_attempt(
+            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
+            currency=order.currency, provider=gateway.name)
+        result = payments.authorize(session, payment=payment,
+                                    payment_method=order.payment_method, gateway=gateway)
     session.expire_all()
     order = load(session, order_id=order_id)
     if order is None or order.current_stage is not Stage.IN_STOCK:
@@ -133,11 +152,11 @@ def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGa
     order = load(session, order_id=order_id)
     if order is None or order.current_stage is not Stage.RESERVED:
         return
-    claim_lease(session, order_id=order_id, owner=owner)
-    payment = payments.open_attempt(
-        session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
-        currency=order.currency, provider=gateway.name)
-    state = payments.capture(payment=payment, amount=order.total, gateway=gateway)
+    with leased(session, order_id=order_id, owner=owner):
+        payment = payments.open_attempt(
+            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
+            currency=order.currency, provider=gateway.name)
+        state = payments.capture(payment=payment, amount=order.total, gateway=gateway)
     session.expire_all()
     order = load(session, order_id=order_id)
     if order is None or order.current_stage is not Stage.RESERVED:

@@ -327,3 +327,54 @@ def test_poison_and_unknown_messages_are_dead_lettered_and_the_worker_goes_on(
 
 
 DEAD: list[Any] = []
+
+
+def _failures_counted(task: str) -> int:
+    from shop.messaging.models import TaskDelivery
+
+    with session_scope() as session:
+        rows = session.scalars(select(TaskDelivery).where(
+            TaskDelivery.task_name == task, TaskDelivery.message_id.like("%:failures")))
+        return sum(row.deliveries for row in rows)
+
+
+def test_a_payment_step_retried_with_backoff_comes_back_and_confirms(
+        stack: Stack, api: TestClient, localstripe_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.fixtures.api import free_port
+    from tests.fixtures.proxy import Forwarder
+
+    target = urlsplit(localstripe_url)
+    proxy = Forwarder(free_port(), (target.hostname or "127.0.0.1", target.port or 80))
+    stack.env["SHOP_STRIPE_API_BASE"] = f"http://127.0.0.1:{proxy.port}"
+    stack.start_worker("w1")
+    stack.start_relay()
+    order_id = place(api)
+    try:
+        wait_until(lambda: _failures_counted("shop.orders.charge_payment") >= 2, timeout=60,
+                   what="the provider to fail twice", stack=stack)
+        assert statuses([order_id]) == {order_id: "pending"}
+        proxy.start()
+        assert wait_terminal(stack, [order_id], timeout=60) == {order_id: "confirmed"}
+    finally:
+        proxy.stop()
+    assert len(intents_by_order(localstripe_url)[order_id]) == 1
+
+
+def test_when_retries_run_out_the_order_fails_holding_nothing(
+        stack: Stack, api: TestClient) -> None:
+    from tests.fixtures.api import free_port
+
+    stack.env["SHOP_STRIPE_API_BASE"] = f"http://127.0.0.1:{free_port()}"  # nobody there
+    stack.env["SHOP_RETRY_MAX_ATTEMPTS"] = "3"
+    stack.env["SHOP_RETRY_BASE_DELAY"] = "0.2"
+    stack.start_worker("w1")
+    stack.start_relay()
+    order_id = place(api)
+    assert wait_terminal(stack, [order_id], timeout=60) == {order_id: "failed"}
+    order = api.get(f"/v1/orders/{order_id}").json()
+    assert (order["failure"]["step"], order["failure"]["reason"]) == (
+        "payment", "payment_unavailable")
+    assert _failures_counted("shop.orders.charge_payment") == 3
+    assert stock("MUG-BLUE") == (40, 0)

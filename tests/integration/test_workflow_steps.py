@@ -80,7 +80,7 @@ def test_a_rerun_after_a_crash_between_create_and_confirm_reuses_the_stored_inte
     assert payment is not None
     assert payment.reference is not None
     assert payment.idempotency_key == f"{order.id}:1"
-    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="retry")
     assert gateway.count("create") == 1
     assert reload(session, order.id).stage == "authorized"
 
@@ -93,7 +93,7 @@ def test_a_rerun_after_a_lost_confirm_answer_asks_the_provider_instead_of_chargi
     gateway.fail_next = ["after_confirm"]  # authorized at the provider, answer lost
     with pytest.raises(PaymentTransientError):
         steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
-    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="retry")
     assert (gateway.count("create"), gateway.count("confirm")) == (1, 1)
     assert reload(session, order.id).stage == "authorized"
 
