@@ -56,7 +56,8 @@ def dev_commands(*, host: str, port: int) -> dict[str, list[str]]:
         "api": [py, "-m", "uvicorn", "shop.api:app", "--host", host, "--port", str(port)],
         "worker": [*celery, "worker", "-l", "info", "--concurrency", "2",
                    "-Q", "orders,payments,notifications,reports", *embedded],
-        "beat": [*celery, "beat", "-l", "info", "-s", "var/celerybeat-schedule"],
+        "beat": [*celery, "beat", "-l", "info", "-s",
+                 str(get_settings().data_dir / "celerybeat-schedule")],
         "relay": [py, "-m", "shop.cli", "relay"],
     }
 
@@ -68,8 +69,8 @@ def _dev(args: argparse.Namespace) -> int:
     if token is None:
         token = secrets.token_urlsafe(24)
         env["SHOP_ADMIN_TOKEN"] = token
-    os.makedirs("var", exist_ok=True)
-    mail = "SMTP (SHOP_SMTP_URL)" if settings.smtp_url else f"{settings.mail_dir}/*.eml"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mail = "SMTP (SHOP_SMTP_URL)" if settings.smtp_url else f"{settings.mail_path}/*.eml"
     print(f"shop dev: API on http://{args.host}:{args.port}  (docs at /docs)")
     print(f"shop dev: admin token {token}")
     print(f"shop dev: emails go to {mail}; payments: {settings.provider}; "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
@@ -18,8 +18,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", extra="ignore")
 
-    database_url: str = f"sqlite:///{VAR_DIR}/shop.sqlite3"
-    broker_url: str = f"filesystem://{VAR_DIR}/broker"
+    data_dir: Path = VAR_DIR
+    database_url: str = ""
+    broker_url: str = ""
     broker_polling_interval: float = Field(default=0.1, gt=0)
 
     payment_provider: Literal["stripe", "dummy"] | None = None
@@ -30,7 +31,7 @@ class Settings(BaseSettings):
 
     smtp_url: SecretStr | None = None
     mail_from: str = "shop@localhost"
-    mail_dir: Path = VAR_DIR / "mail"
+    mail_dir: Path | None = None
     report_recipients: str = ""
 
     admin_token: SecretStr | None = None
@@ -44,6 +45,19 @@ class Settings(BaseSettings):
 
     relay_batch_size: int = Field(default=100, ge=1)
     relay_poll_interval: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        """Unset locations fall back to files under ``data_dir`` (``./var``)."""
+        self.database_url = self.database_url or f"sqlite:///{self.data_dir}/shop.sqlite3"
+        self.broker_url = self.broker_url or f"filesystem://{self.data_dir}/broker"
+        self.mail_dir = self.mail_dir or self.data_dir / "mail"
+        return self
+
+    @property
+    def mail_path(self) -> Path:
+        assert self.mail_dir is not None
+        return self.mail_dir
 
     @field_validator("timezone")
     @classmethod

@@ -217,7 +217,7 @@ def build_mailer(settings: Settings) -> Mailer:
     """SMTP when ``SHOP_SMTP_URL`` is set, else ``.eml`` files under ``mail_dir``."""
     if settings.smtp_url is not None and settings.smtp_url.get_secret_value():
         return SmtpMailer(settings.smtp_url.get_secret_value())
-    return FileMailer(settings.mail_dir)
+    return FileMailer(settings.mail_path)
 
 
 def compose(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shop.config import Settings
-from shop.payments.dummy import DEFAULT_STATE_DIR, DummyGateway
+from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
 
 
@@ -21,4 +21,5 @@ def build_gateway(settings: Settings) -> PaymentGateway:
             api_base=settings.stripe_api_base,
             emulator=settings.stripe_api_base is not None,
         )
-    return DummyGateway(state_dir=DEFAULT_STATE_DIR, latency_ms=settings.dummy_payment_latency_ms)
+    return DummyGateway(state_dir=settings.data_dir / "dummy_payments",
+                        latency_ms=settings.dummy_payment_latency_ms)

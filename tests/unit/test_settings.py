@@ -157,3 +157,14 @@ def test_unknown_timezone_is_rejected(zone: str, monkeypatch: pytest.MonkeyPatch
 def test_malformed_report_time_is_rejected(value: str) -> None:
     with pytest.raises(ValidationError, match="report_time"):
         Settings(report_time=value)
+
+
+def test_data_dir_roots_every_embedded_default(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    for name in ("SHOP_DATABASE_URL", "SHOP_BROKER_URL", "SHOP_MAIL_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SHOP_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings()
+    assert settings.database_url == f"sqlite:///{tmp_path}/data/shop.sqlite3"
+    assert settings.broker_url == f"filesystem://{tmp_path}/data/broker"
+    assert settings.mail_path == tmp_path / "data" / "mail"
