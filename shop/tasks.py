@@ -45,6 +45,11 @@ def backoff(retries: int) -> float:
     return float(delay * random.uniform(0.5, 1.0))
 
 
+def busy_delay(retries: int) -> float:
+    """Seconds before looking again at an order another copy holds: soon, then less often."""
+    return float(min(BUSY_DELAY * 1.5**retries, 10.0) * random.uniform(0.5, 1.0))
+
+
 def run_step(task: Task, work: Callable[[Session], None],
              on_exhausted: Callable[[Session, Exception], None]) -> None:
     """Run ``work`` in a fresh session, retrying the way the module docstring says.
@@ -65,7 +70,7 @@ def run_step(task: Task, work: Callable[[Session], None],
     except BUSY as exc:
         if request.retries >= MAX_BUSY_RETRIES:
             raise
-        raise task.retry(exc=exc, countdown=BUSY_DELAY * random.uniform(0.5, 1.5)) from exc
+        raise task.retry(exc=exc, countdown=busy_delay(request.retries)) from exc
     except TRANSIENT as exc:
         failures = _count(task, f"{request.id}:failures")
         if failures >= get_settings().retry_max_attempts:

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 EVENTS_EXCHANGE = "shop.events"
 FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
 VOID_TASK = "shop.payments.void_payment"
-LEASE_SECONDS = 30.0
+LEASE_SECONDS = 30.0  # above the payment tasks' hard time limit (25 s)
+EMAIL_LEASE_SECONDS = 75.0  # above the tasks' hard time limit (60 s): a send cannot outlive it
 
 
 class OrderBusy(Exception):
@@ -194,7 +195,7 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
         session, key=f"order_confirmation:{order.id}", kind="order_confirmation",
         order_id=order.id, recipients=[order.email],
         template="notifications/order_confirmation", context=context, mailer=mailer,
-        sender=sender)
+        sender=sender, lease_seconds=EMAIL_LEASE_SECONDS)
     if sent:
         order = load(session, order_id=order_id)
         assert order is not None
