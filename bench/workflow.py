@@ -14,17 +14,24 @@ The dummy provider's latency (``--payment-latency-ms``) stands in for Stripe.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, func, select
+
+from shop.orders.models import Order
 
 BODY = {
     "email": "bench@example.com", "name": "Bench",
@@ -33,6 +40,10 @@ BODY = {
     "shipping_address": {"line1": "1 Bench St", "city": "Leeds", "postal_code": "LS1",
                          "country": "GB"},
 }
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -54,7 +65,9 @@ def main() -> None:
     py = sys.executable
     subprocess.run([py, "-m", "shop.cli", "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([py, "-m", "shop.cli", "seed"], env=env, check=True, capture_output=True)
-    port = 8799
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     log = (data / "bench.log").open("wb")
     procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True) for cmd in (
@@ -86,15 +99,21 @@ def main() -> None:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(place, range(args.orders)))
-        confirmed: dict[str, float] = {}
-        while len(confirmed) < len(placed):
-            for order_id in set(placed) - set(confirmed):
-                status = httpx.get(f"{base}/v1/orders/{order_id}").json()["status"]
-                if status != "pending":
-                    confirmed[order_id] = time.perf_counter()
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - t0
-        to_confirm = [confirmed[o] - placed[o] for o in placed]
+        ids = [uuid.UUID(o) for o in placed]
+        engine = create_engine(env.get("SHOP_DATABASE_URL") or f"sqlite:///{data}/shop.sqlite3")
+        finished_query = select(func.count()).select_from(Order).where(
+            Order.id.in_(ids), Order.status != "pending")
+        with engine.connect() as conn:
+            while conn.execute(finished_query).scalar_one() < len(ids):
+                conn.rollback()
+                time.sleep(0.2)
+            elapsed = time.perf_counter() - t0
+            rows = conn.execute(select(Order.created_at, Order.updated_at, Order.status)
+                                .where(Order.id.in_(ids))).all()
+        engine.dispose()
+        to_confirm = [_aware(updated).timestamp() - _aware(created).timestamp()
+                      for created, updated, _ in rows]
+        statuses = Counter(status for _, _, status in rows)
         print(f"database  {env.get('SHOP_DATABASE_URL', 'sqlite (embedded)').split('@')[-1]}")
         print(f"broker    {env.get('SHOP_BROKER_URL', 'filesystem (embedded)').split('@')[-1]}")
         print(f"orders {args.orders}, worker concurrency {args.concurrency}, "
@@ -103,12 +122,16 @@ def main() -> None:
               f"p95 {pct(checkout, 0.95) * 1000:7.1f} ms")
         print(f"to finished   p50 {statistics.median(to_confirm) * 1000:7.1f} ms   "
               f"p95 {pct(to_confirm, 0.95) * 1000:7.1f} ms")
-        print(f"throughput    {len(placed) / elapsed:7.1f} orders/s finished")
+        print(f"throughput    {len(placed) / elapsed:7.1f} orders/s finished   {dict(statuses)}")
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         log.close()
 
 
