@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,9 +28,10 @@ from shop.orders.states import Event, Stage, Step
 from shop.orders.workflow import advance, load, release_lines, reserve_lines, shortages
 from shop.payments import service as payments
 from shop.payments.gateway import PaymentGateway
-from shop.payments.models import PaymentStatus
+from shop.payments.models import Payment, PaymentStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVENTS_EXCHANGE = "shop.events"
 FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
@@ -81,10 +83,36 @@ def _end_lease(order: Order) -> None:
     order.lease_until = None
 
 
+def _at(session: Session, *, order_id: uuid.UUID, stage: Stage) -> Order | None:
+    """The order if it is at ``stage``; ``None`` means this step's work is done or moot."""
+    order = load(session, order_id=order_id)
+    return order if order is not None and order.current_stage is stage else None
+
+
+def _with_provider(
+    session: Session, *, order: Order, owner: str, gateway: PaymentGateway,
+    call: Callable[[Payment], T],
+) -> tuple[Order, Payment, T] | None:
+    """Run ``call`` against the provider under the order's lease, outside any transaction.
+
+    Returns the reloaded order (still at its stage), the attempt's payment row and
+    the call's result, or ``None`` if the order moved on meanwhile.
+    """
+    stage = order.current_stage
+    with leased(session, order_id=order.id, owner=owner):
+        payment = payments.open_attempt(
+            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
+            currency=order.currency, provider=gateway.name)
+        result = call(payment)
+    session.expire_all()
+    fresh = _at(session, order_id=order.id, stage=stage)
+    return None if fresh is None else (fresh, payment, result)
+
+
 def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
     """Fail the order before any payment if the shelf cannot cover it."""
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.PLACED:
+    order = _at(session, order_id=order_id, stage=Stage.PLACED)
+    if order is None:
         return
     short = shortages(session, order=order)
     if short:
@@ -98,19 +126,16 @@ def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
 def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                    owner: str) -> None:
     """Authorize the order's total (manual capture); a decline fails the order."""
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.IN_STOCK:
+    order = _at(session, order_id=order_id, stage=Stage.IN_STOCK)
+    if order is None:
         return
-    with leased(session, order_id=order_id, owner=owner):
-        payment = payments.open_attempt(
-            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
-            currency=order.currency, provider=gateway.name)
-        result = payments.authorize(session, payment=payment,
-                                    payment_method=order.payment_method, gateway=gateway)
-    session.expire_all()
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.IN_STOCK:
+    method = order.payment_method
+    outcome = _with_provider(session, order=order, owner=owner, gateway=gateway, call=lambda p:
+                             payments.authorize(session, payment=p, payment_method=method,
+                                                gateway=gateway))
+    if outcome is None:
         return
+    order, _, result = outcome
     detail = {"reference": result.reference, "attempt": order.payment_attempt}
     if result.outcome is payments.Outcome.AUTHORIZED:
         payments.record(session, payment_id=result.payment_id, status=PaymentStatus.AUTHORIZED)
@@ -130,16 +155,16 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
 
 def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
     """Hold the units for every line, or fail the order and release its authorization."""
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.AUTHORIZED:
+    order = _at(session, order_id=order_id, stage=Stage.AUTHORIZED)
+    if order is None:
         return
     if reserve_lines(session, order=order):
         advance(session, order=order, event=Event.STOCK_RESERVED)
         session.commit()
         return
     session.rollback()
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.AUTHORIZED:
+    order = _at(session, order_id=order_id, stage=Stage.AUTHORIZED)
+    if order is None:
         return
     _void_later(session, order=order)
     advance(session, order=order, event=Event.STOCK_SHORT,
@@ -150,18 +175,15 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
 def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                     owner: str) -> None:
     """Take the authorized money, then confirm the order (and fan out)."""
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.RESERVED:
+    order = _at(session, order_id=order_id, stage=Stage.RESERVED)
+    if order is None:
         return
-    with leased(session, order_id=order_id, owner=owner):
-        payment = payments.open_attempt(
-            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
-            currency=order.currency, provider=gateway.name)
-        state = payments.capture(payment=payment, amount=order.total, gateway=gateway)
-    session.expire_all()
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.RESERVED:
+    total = order.total
+    outcome = _with_provider(session, order=order, owner=owner, gateway=gateway, call=lambda p:
+                             payments.capture(payment=p, amount=total, gateway=gateway))
+    if outcome is None:
         return
+    order, payment, state = outcome
     detail = {"reference": state.reference, "amount": state.amount_received}
     if state.status == "succeeded":
         payments.record(session, payment_id=payment.id, status=PaymentStatus.CAPTURED)
@@ -180,8 +202,8 @@ def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGa
 def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
                       sender: str) -> None:
     """Email the customer once; the ledger turns repeats into no-ops."""
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.CONFIRMED:
+    order = _at(session, order_id=order_id, stage=Stage.CONFIRMED)
+    if order is None:
         return
     context = {"order": {
         "id": str(order.id), "name": order.name, "email": order.email,
@@ -205,8 +227,8 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
 
 def request_fulfillment(session: Session, *, order_id: uuid.UUID) -> None:
     """Record the warehouse request and publish it once, via the outbox."""
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.CONFIRMED:
+    order = _at(session, order_id=order_id, stage=Stage.CONFIRMED)
+    if order is None:
         return
     if session.scalar(select(FulfillmentRequest.id).where(
             FulfillmentRequest.order_id == order_id)) is not None:
