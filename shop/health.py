@@ -38,7 +38,10 @@ def _broker() -> tuple[bool, Any]:
         return False, f"{type(exc).__name__}: {exc}"[:300]
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={
+    200: {"description": "Database and broker answer"},
+    503: {"description": "Something is down; `down` names it"},
+})
 def healthz() -> JSONResponse:
     """200 when the database and broker answer; 503 naming what is down otherwise."""
     db_ok, db = _database()

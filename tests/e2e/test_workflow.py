@@ -378,3 +378,21 @@ def test_when_retries_run_out_the_order_fails_holding_nothing(
         "payment", "payment_unavailable")
     assert _failures_counted("shop.orders.charge_payment") == 3
     assert stock("MUG-BLUE") == (40, 0)
+
+
+def test_a_card_needing_3d_secure_waits_in_requires_action_with_its_client_secret(
+        stack: Stack, api: TestClient, localstripe_url: str) -> None:
+    from tests.fixtures.localstripe import THREE_DS_CARD, create_card_payment_method
+
+    stack.start_worker("w1")
+    stack.start_relay()
+    method = create_card_payment_method(localstripe_url, THREE_DS_CARD)
+    order_id = place(api, payment_method=method)
+    wait_until(lambda: statuses([order_id]) == {order_id: "requires_action"}, timeout=60,
+               what="requires_action", stack=stack)
+    order = api.get(f"/v1/orders/{order_id}").json()
+    assert order["payment"]["status"] == "requires_action"
+    assert order["payment"]["client_secret"]
+    (intent,) = intents_by_order(localstripe_url)[order_id]
+    assert intent["status"] == "requires_action"
+    assert stock("MUG-BLUE") == (40, 0)

@@ -131,3 +131,28 @@ def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
     get_settings.cache_clear()
     assert all(tasks.backoff(n) <= 5 for n in range(20))
+
+
+def test_on_rabbitmq_queues_are_classic_durable_dead_lettering_with_publisher_confirms() -> None:
+    from shop.celery import task_queues, transport_options
+    from shop.config import Settings
+
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    assert transport_options(settings) == {"confirm_publish": True}
+    queues = {q.name: q for q in task_queues(settings)}
+    assert set(queues) == {"orders", "payments", "notifications", "reports"}
+    for name, queue in queues.items():
+        assert queue.durable is True
+        assert queue.queue_arguments == {"x-queue-type": "classic",
+                                         "x-dead-letter-exchange": "shop.dlx",
+                                         "x-dead-letter-routing-key": name}
+
+
+def test_the_embedded_broker_polls_fast(tmp_path: Any) -> None:
+    from shop.celery import transport_options
+    from shop.config import Settings
+
+    options = transport_options(Settings(broker_url=f"filesystem://{tmp_path}/b",
+                                         broker_polling_interval=0.05))
+    assert options["polling_interval"] == 0.05
+    assert options["data_folder_in"] == options["data_folder_out"] == f"{tmp_path}/b/queue"
