@@ -19,6 +19,7 @@ from shop.db import utcnow
 from shop.messaging.models import OutboxMessage, TaskDelivery
 
 Publish = Callable[[OutboxMessage], None]
+MAX_DEFER = 10.0  # seconds a failed row waits at most before the relay tries it again
 
 
 def enqueue_task(
@@ -66,8 +67,11 @@ def relay_batch(session: Session, *, publish: Publish, limit: int) -> int:
             try:
                 publish(message)
             except Exception as exc:
+                # Step aside so one unpublishable row cannot block the rows behind it.
                 message.attempts += 1
                 message.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                message.available_at = utcnow() + dt.timedelta(
+                    seconds=min(MAX_DEFER, 0.5 * 2 ** min(message.attempts, 10)))
                 raise
             message.published_at = utcnow()
             sent += 1
