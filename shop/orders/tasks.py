@@ -13,7 +13,7 @@ from shop.config import get_settings
 from shop.notifications.mailer import build_mailer
 from shop.orders import steps, workflow
 from shop.orders.states import Step
-from shop.payments.providers import build_gateway
+from shop.payments.providers import get_gateway
 from shop.tasks import run_step, task_options
 
 PAYMENT_LIMITS = {"soft_time_limit": 20, "time_limit": 25}
@@ -36,7 +36,7 @@ def check_inventory_task(self: Task, order_id: str) -> None:
 
 @app.task(name="shop.orders.charge_payment", **task_options(**PAYMENT_LIMITS))
 def charge_payment_task(self: Task, order_id: str) -> None:
-    gateway, owner = build_gateway(get_settings()), _owner(self)
+    gateway, owner = get_gateway(), _owner(self)
     run_step(self, lambda s: steps.charge_payment(s, order_id=uuid.UUID(order_id),
                                                   gateway=gateway, owner=owner),
              partial(_give_up, Step.PAYMENT, "payment_unavailable", order_id))
@@ -50,7 +50,7 @@ def reserve_stock_task(self: Task, order_id: str) -> None:
 
 @app.task(name="shop.orders.capture_payment", **task_options(**PAYMENT_LIMITS))
 def capture_payment_task(self: Task, order_id: str) -> None:
-    gateway, owner = build_gateway(get_settings()), _owner(self)
+    gateway, owner = get_gateway(), _owner(self)
     run_step(self, lambda s: steps.capture_payment(s, order_id=uuid.UUID(order_id),
                                                    gateway=gateway, owner=owner),
              partial(_give_up, Step.PAYMENT, "payment_unavailable", order_id))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from shop.config import Settings
+from functools import lru_cache
+
+from shop.config import Settings, get_settings
 from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
 
@@ -23,3 +25,12 @@ def build_gateway(settings: Settings) -> PaymentGateway:
         )
     return DummyGateway(state_dir=settings.data_dir / "dummy_payments",
                         latency_ms=settings.dummy_payment_latency_ms)
+
+
+@lru_cache(maxsize=1)
+def get_gateway() -> PaymentGateway:
+    """The process's gateway for the current settings, built once (one HTTP session).
+
+    Built lazily, so each forked worker child makes its own after the fork.
+    """
+    return build_gateway(get_settings())

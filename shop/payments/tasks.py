@@ -9,10 +9,9 @@ from celery import Task
 from sqlalchemy.orm import Session
 
 from shop.celery import app
-from shop.config import get_settings
 from shop.payments import service
 from shop.payments.gateway import PaymentGateway
-from shop.payments.providers import build_gateway
+from shop.payments.providers import get_gateway
 from shop.tasks import run_step, task_options
 
 log = logging.getLogger(__name__)
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @app.task(name="shop.payments.void_payment", **task_options(soft_time_limit=20, time_limit=25))
 def void_payment_task(self: Task, order_id: str, attempt: int) -> None:
-    gateway = build_gateway(get_settings())
+    gateway = get_gateway()
     run_step(self, lambda s: _void(s, order_id, attempt, gateway), _alert)
 
 

@@ -156,3 +156,13 @@ def test_the_embedded_broker_polls_fast(tmp_path: Any) -> None:
                                          broker_polling_interval=0.05))
     assert options["polling_interval"] == 0.05
     assert options["data_folder_in"] == options["data_folder_out"] == f"{tmp_path}/b/queue"
+
+
+def test_a_worker_process_builds_its_payment_gateway_once() -> None:
+    from shop.payments.providers import get_gateway
+
+    get_gateway.cache_clear()
+    try:
+        assert get_gateway() is get_gateway()
+    finally:
+        get_gateway.cache_clear()
