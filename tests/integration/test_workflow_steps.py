@@ -14,7 +14,7 @@ from shop.orders.models import FulfillmentRequest, Order, Product
 from shop.payments.gateway import PaymentTransientError
 from shop.payments.models import Payment
 from tests.factories import orders as order_factory
-from tests.factories.payments import FakeGateway
+from tests.fakes import FakeGateway
 
 
 def queued(session: Session) -> list[str]:

@@ -1,5 +1,5 @@
-"""A recording in-memory payment gateway for step tests (the real ones are tested
-against localstripe and in their own unit tests)."""
+"""Test doubles that are not rows: a recording in-memory payment gateway for step
+tests (the real gateways are tested against localstripe and in their own unit tests)."""
 
 from __future__ import annotations
 
