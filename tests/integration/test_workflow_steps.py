@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -13,8 +14,14 @@ from shop.orders import steps, workflow
 from shop.orders.models import FulfillmentRequest, Order, Product
 from shop.payments.gateway import PaymentTransientError
 from shop.payments.models import Payment
-from tests.factories import orders as order_factory
+from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
 from tests.fakes import FakeGateway
+
+
+def placed_order(product: Product, **overrides: Any) -> Order:
+    """Two of ``product``, placed as checkout places it: its first step is in the outbox."""
+    return OrderFactory(lines=[OrderLineFactory(product=product, quantity=2)], placed=True,
+                        **overrides)
 
 
 def queued(session: Session) -> list[str]:
@@ -43,8 +50,8 @@ def gateway() -> FakeGateway:
 
 def test_each_step_enqueues_exactly_the_next_one_in_its_commit(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     run_to_confirmed(session, order.id, gateway)
     assert queued(session) == [
         "shop.orders.check_inventory", "shop.orders.charge_payment",
@@ -55,8 +62,8 @@ def test_each_step_enqueues_exactly_the_next_one_in_its_commit(
 
 def test_every_step_run_twice_has_the_effect_of_once(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     run_to_confirmed(session, order.id, gateway)
     run_to_confirmed(session, order.id, gateway)
     steps.request_fulfillment(session, order_id=order.id)
@@ -70,8 +77,8 @@ def test_every_step_run_twice_has_the_effect_of_once(
 
 def test_a_rerun_after_a_crash_between_create_and_confirm_reuses_the_stored_intent(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
     gateway.fail_next = ["confirm"]  # the intent is created and stored, then confirm fails
     with pytest.raises(PaymentTransientError):
@@ -87,8 +94,8 @@ def test_a_rerun_after_a_crash_between_create_and_confirm_reuses_the_stored_inte
 
 def test_a_rerun_after_a_lost_confirm_answer_asks_the_provider_instead_of_charging(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
     gateway.fail_next = ["after_confirm"]  # authorized at the provider, answer lost
     with pytest.raises(PaymentTransientError):
@@ -100,8 +107,8 @@ def test_a_rerun_after_a_lost_confirm_answer_asks_the_provider_instead_of_chargi
 
 def test_a_concurrent_copy_is_kept_out_by_the_lease(session: Session,
                                                     gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
     steps.claim_lease(session, order_id=order.id, owner="copy-1")
     with pytest.raises(steps.OrderBusy):
@@ -111,9 +118,9 @@ def test_a_concurrent_copy_is_kept_out_by_the_lease(session: Session,
 
 def test_a_decline_fails_the_order_without_touching_stock(session: Session,
                                                           gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
     gateway.decline.add("pm_card_chargeDeclined")
-    order = order_factory.order(session, payment_method="pm_card_chargeDeclined")
+    order = placed_order(mug, payment_method="pm_card_chargeDeclined")
     steps.check_inventory(session, order_id=order.id)
     steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
     failed = reload(session, order.id)
@@ -125,9 +132,9 @@ def test_a_decline_fails_the_order_without_touching_stock(session: Session,
 
 def test_stock_gone_at_reservation_fails_the_order_and_voids_the_authorization(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=2)
-    first = order_factory.order(session)
-    second = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=2)
+    first = placed_order(mug)
+    second = placed_order(mug)
     for order_id in (first.id, second.id):
         steps.check_inventory(session, order_id=order_id)
         steps.charge_payment(session, order_id=order_id, gateway=gateway, owner="a")
@@ -145,8 +152,8 @@ def test_stock_gone_at_reservation_fails_the_order_and_voids_the_authorization(
 
 def test_out_of_stock_at_inventory_never_reaches_the_provider(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=1)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=1)
+    order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
     assert reload(session, order.id).failure_reason == "out_of_stock"
     assert queued(session) == ["shop.orders.check_inventory"]
@@ -154,8 +161,8 @@ def test_out_of_stock_at_inventory_never_reaches_the_provider(
 
 def test_giving_up_on_a_reserved_order_releases_stock_and_voids(
         session: Session, gateway: FakeGateway) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
     steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
     steps.reserve_stock(session, order_id=order.id)
@@ -170,8 +177,8 @@ def test_giving_up_on_a_reserved_order_releases_stock_and_voids(
 
 
 def test_stuck_orders_get_their_next_step_sent_again(session: Session) -> None:
-    order_factory.product(session, stock=10)
-    order = order_factory.order(session)
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
     assert workflow.resume_stuck(session, older_than=3600) == 0
     assert workflow.resume_stuck(session, older_than=0) == 1
     assert queued(session) == ["shop.orders.check_inventory"] * 2
