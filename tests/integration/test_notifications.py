@@ -24,7 +24,7 @@ from shop.notifications.service import (
     message_id_for,
     send_notification,
 )
-from shop.orders.models import Order
+from tests.factories.orders import OrderFactory
 from tests.fixtures.smtp import SmtpServer, free_port
 
 TEMPLATE = "notifications/order_confirmation"
@@ -41,18 +41,6 @@ class CrashAfterSend:
     def send(self, message: EmailMessage) -> None:
         self.inner.send(message)
         raise SimulatedCrash
-
-
-def make_order(session: Session) -> Order:
-    order = Order(
-        email="ada@example.com", name="Ada Lovelace", currency="USD", subtotal=3000,
-        total=3000, payment_method="pm_card_visa",
-        shipping_address={"line1": "1 Main St", "city": "London", "postal_code": "N1 9GU",
-                          "country": "GB"},
-    )
-    session.add(order)
-    session.commit()
-    return order
 
 
 def context_for(order_id: uuid.UUID | str) -> dict[str, Any]:
@@ -99,7 +87,7 @@ def expire_claim(session: Session, key: str = "order_confirmation:1") -> None:
 def test_same_key_twice_delivers_exactly_one_email(
     session: Session, smtp_server: SmtpServer
 ) -> None:
-    order = make_order(session)
+    order = OrderFactory()
     mailer = SmtpMailer(smtp_server.url)
     key = f"order_confirmation:{order.id}"
 
@@ -203,7 +191,7 @@ def test_a_template_error_leaves_no_ledger_row(
 def test_pending_changes_of_the_caller_are_refused(
     session: Session, smtp_server: SmtpServer
 ) -> None:
-    make_order(session).name = "changed but not committed"
+    OrderFactory().name = "changed but not committed"
     with pytest.raises(RuntimeError, match="pending changes"):
         send(session, SmtpMailer(smtp_server.url))
     session.rollback()
