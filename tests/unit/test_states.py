@@ -16,10 +16,12 @@ from shop.orders.states import (
     Step,
     next_stage,
 )
+from tests.factories.orders import OrderFactory
 
 
 def new_order(stage: Stage) -> Order:
-    return Order(stage=stage, status=stage.status, events=[])
+    """An order at ``stage`` with an empty timeline, in memory only."""
+    return OrderFactory.build(stage=stage, events=[])
 
 
 @pytest.mark.parametrize(("start", "event"), list(TRANSITIONS), ids=lambda x: str(x))
