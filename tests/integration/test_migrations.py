@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import datetime as dt
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, insert, inspect, text, update
+from sqlalchemy import Engine, inspect, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
 from shop.config import get_settings
@@ -29,6 +30,8 @@ from shop.schema import (
     pending_differences,
     upgrade,
 )
+from tests.factories import bound_to
+from tests.factories.orders import ProductFactory
 
 MODEL_TABLES = set(Base.metadata.tables)
 PRODUCTS = Base.metadata.tables[Product.__tablename__]
@@ -181,19 +184,11 @@ def test_alembic_command_line_reads_settings(
     assert table_names(engine) == MODEL_TABLES | {"alembic_version"}
 
 
-def product_row(**overrides: Any) -> dict[str, Any]:
-    now = dt.datetime.now(dt.UTC)
-    row: dict[str, Any] = {
-        "sku": "MUG-BLUE",
-        "name": "Blue mug",
-        "price": 1500,
-        "currency": "USD",
-        "on_hand": 5,
-        "reserved": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
-    return row | overrides
+@contextmanager
+def factories_on(engine: Engine) -> Iterator[Session]:
+    """The factories writing through a session on ``engine`` (a migrated schema)."""
+    with Session(engine) as session, bound_to(session):
+        yield session
 
 
 @pytest.mark.parametrize(
@@ -211,15 +206,16 @@ def test_database_refuses_impossible_stock(
 ) -> None:
     upgrade(db_url)
 
-    with engine.begin() as conn, pytest.raises(IntegrityError, match=constraint):
-        conn.execute(insert(PRODUCTS).values(product_row(**overrides)))
+    with factories_on(engine), pytest.raises(IntegrityError, match=constraint):
+        ProductFactory(**overrides)
 
 
 def test_database_refuses_reserving_more_than_on_hand(db_url: str, engine: Engine) -> None:
     upgrade(db_url)
     products = PRODUCTS
+    with factories_on(engine):
+        ProductFactory(on_hand=2)
     with engine.begin() as conn:
-        conn.execute(insert(products).values(product_row(on_hand=2)))
         conn.execute(update(products).values(reserved=2))
 
     with engine.begin() as conn, pytest.raises(IntegrityError, match="available_not_negative"):
