@@ -4,6 +4,7 @@ tests (the real gateways are tested against localstripe and in their own unit te
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from shop.payments.gateway import (
@@ -11,6 +12,7 @@ from shop.payments.gateway import (
     PaymentDeclined,
     PaymentProviderError,
     PaymentTransientError,
+    RefundState,
 )
 
 
@@ -25,6 +27,8 @@ class FakeGateway:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def _maybe_fail(self, op: str) -> None:
+        """``fail_next`` lists operations whose next call times out before reaching us;
+        ``after_<op>`` makes the call happen and its answer get lost."""
         if self.fail_next and self.fail_next[0] == op:
             self.fail_next.pop(0)
             raise PaymentTransientError(f"{op} timed out")
@@ -65,15 +69,29 @@ class FakeGateway:
         if state.status != "requires_capture":
             raise PaymentProviderError("intent is not capturable")
         self.intents[reference] = replace(state, status="succeeded", amount_received=amount)
+        self._maybe_fail("after_capture")
         return self.intents[reference]
 
     def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
+        self._maybe_fail("cancel")
         self.calls.append(("cancel", reference))
         state = self.intents[reference]
         if state.status in ("succeeded", "canceled"):
             raise PaymentProviderError("intent cannot be cancelled")
         self.intents[reference] = replace(state, status="canceled")
         return self.intents[reference]
+
+    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
+        self._maybe_fail("refund")
+        self.calls.append(("refund", reference))
+        state = self.intents[reference]
+        if state.status != "succeeded" or amount > state.amount_received - state.amount_refunded:
+            raise PaymentProviderError("nothing to refund")
+        self.intents[reference] = replace(state, amount_refunded=state.amount_refunded + amount)
+        return RefundState(reference=f"re_{reference}", amount=amount, status="succeeded")
+
+    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
+        return iter(list(self.intents.values()))
 
     def count(self, op: str) -> int:
         return sum(1 for name, _ in self.calls if name == op)

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from shop.config import VAR_DIR
+from shop.payments.currencies import amount_problem
 from shop.payments.gateway import (
     IntentState,
+    IntentStatus,
     PaymentDeclined,
     PaymentProviderError,
+    RefundState,
     decline_reason,
 )
 
@@ -58,9 +61,6 @@ MESSAGES: dict[str, str] = {
     "incorrect_cvc": "Your card's security code is incorrect.",
     "authentication_failed": "The provided PaymentMethod has failed authentication.",
 }
-CANCELLABLE = ("requires_payment_method", "requires_confirmation", "requires_action",
-               "requires_capture")
-
 Reply = dict[str, Any]
 
 
@@ -76,6 +76,8 @@ class _Intent:
     metadata: dict[str, str]
     client_secret: str
     amount_received: int = 0
+    amount_refunded: int = 0
+    created: int = 0
     error_code: str | None = None
     error_message: str | None = None
     replies: dict[str, Reply] = field(default_factory=dict)
@@ -83,10 +85,12 @@ class _Intent:
     def state(self) -> IntentState:
         failed = self.status in ("requires_payment_method", "canceled")
         return IntentState(
-            reference=self.reference, status=self.status, amount=self.amount,
-            amount_received=self.amount_received, client_secret=self.client_secret,
+            reference=self.reference, status=IntentStatus(self.status), amount=self.amount,
+            amount_received=self.amount_received, amount_refunded=self.amount_refunded,
+            client_secret=self.client_secret,
             decline_code=self.error_code if failed else None,
             decline_message=self.error_message if failed else None,
+            metadata=dict(self.metadata), created=self.created,
         )
 
     def fail(self, reason: str) -> PaymentDeclined:
@@ -122,6 +126,9 @@ class _Store:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def references(self) -> list[str]:
+        return [path.stem for path in self.root.glob("pi_dummy_*.json")]
 
     def find(self, reference: str) -> _Intent | None:
         try:
@@ -164,7 +171,8 @@ def _replay(reply: Reply, request: dict[str, Any]) -> IntentState:
             "Keys for idempotent requests can only be used with the same parameters")
     if "declined" in reply:
         raise PaymentDeclined(*reply["declined"])
-    return IntentState(**reply["state"])
+    state = dict(reply["state"])
+    return IntentState(**{**state, "status": IntentStatus(state["status"])})
 
 
 def _record(intent: _Intent, request: dict[str, Any], declined: PaymentDeclined | None) -> Reply:
@@ -190,8 +198,9 @@ class DummyGateway:
         self._pause()
         if not payment_method.startswith("pm_"):
             raise PaymentProviderError(f"No such PaymentMethod: '{payment_method}'")
-        if amount < 1 or len(currency) != 3:
-            raise PaymentProviderError(f"Invalid amount or currency: {amount} {currency!r}")
+        problem = amount_problem(amount, currency.upper())
+        if problem is not None:
+            raise PaymentProviderError(f"Invalid amount {amount} {currency}: {problem}")
         reference = intent_reference(idempotency_key)
         request = {"op": "create", "amount": amount, "currency": currency.lower(),
                    "payment_method": payment_method, "metadata": dict(metadata)}
@@ -202,7 +211,8 @@ class DummyGateway:
                 intent = _Intent(
                     reference=reference, status="requires_confirmation", amount=amount,
                     currency=currency.lower(), payment_method=payment_method,
-                    metadata=dict(metadata), client_secret=f"{reference}_secret_{secret}")
+                    metadata=dict(metadata), client_secret=f"{reference}_secret_{secret}",
+                    created=int(time.time()))
                 intent.replies[idempotency_key] = _record(intent, request, None)
                 self._store.save(intent)
             return _replay(intent.replies[idempotency_key], request)
@@ -225,6 +235,20 @@ class DummyGateway:
     def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
         """Release an intent that has not been captured."""
         return self._write(reference, idempotency_key, {"op": "cancel"}, _cancel)
+
+    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
+        """Give back ``amount`` of a captured intent; the same key gives the same refund."""
+        self._write(reference, idempotency_key, {"op": "refund", "amount": amount},
+                    lambda intent: _refund(intent, amount))
+        refund_id = "re_dummy_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+        return RefundState(reference=refund_id, amount=amount, status="succeeded")
+
+    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
+        """Every intent created after ``created_after``."""
+        for reference in self._store.references():
+            intent = self._store.find(reference)
+            if intent is not None and intent.created > created_after:
+                yield intent.state()
 
     def complete_authentication(self, reference: str, *, success: bool) -> IntentState:
         """Test helper: the customer passes (or fails) 3-D Secure on a requires_action intent."""
@@ -279,5 +303,13 @@ def _capture(intent: _Intent, amount: int) -> None:
 
 
 def _cancel(intent: _Intent) -> None:
-    _expect(intent, CANCELLABLE, "cancel")
+    _expect(intent, tuple(s.value for s in IntentStatus if s.cancellable), "cancel")
     intent.status = "canceled"
+
+
+def _refund(intent: _Intent, amount: int) -> None:
+    _expect(intent, "succeeded", "refund")
+    if not 0 < amount <= intent.amount_received - intent.amount_refunded:
+        raise PaymentProviderError(
+            f"Refund amount ({amount}) is greater than the unrefunded amount on the charge")
+    intent.amount_refunded += amount

@@ -5,23 +5,36 @@ This is the only module that imports ``stripe``: ``StripeGateway`` speaks to Str
 error into ours, with stable decline reasons from ``decline_reason``::
 
     PaymentError
-    ├── PaymentDeclined          the customer's card said no (reason: card_declined, …)
-    ├── PaymentActionRequired    never raised; shown as IntentState.status
-    ├── PaymentTransientError    network, timeouts, 5xx, 429, lock timeouts: retry
-    └── PaymentProviderError     anything else the provider refused: do not retry
+    ├── PaymentDeclined             the customer's card said no (reason: card_declined, …)
+    ├── PaymentTransientError       network, timeouts, 5xx, 429, lock timeouts: ask again
+    │   └── PaymentAuthError        401/403: a revoked or wrong key, an operator alarm
+    └── PaymentProviderError        the provider refused the request: retrying won't help
+
+A transient error says nothing about whether the provider applied the request: the
+answer may have been lost after the money moved. Callers find out with ``retrieve``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
 import stripe
 
+from shop.exceptions import PermanentError, TransientError
+
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentCreateParams
+
+# One provider call waits at most CONNECT + READ seconds; a payment step makes at
+# most MAX_CALLS_PER_STEP calls, and its soft time limit is above their sum.
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 3.0
+CALL_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT
+MAX_CALLS_PER_STEP = 4
 
 
 class PaymentError(Exception):
@@ -35,29 +48,60 @@ class PaymentDeclined(PaymentError):
         self.message = message or reason
 
 
-class PaymentTransientError(PaymentError):
+class PaymentTransientError(PaymentError, TransientError):
     """Worth retrying: the provider may answer next time."""
 
 
-class PaymentProviderError(PaymentError):
+class PaymentAuthError(PaymentTransientError):
+    """The provider refused our credentials: an operator must fix the key."""
+
+
+class PaymentProviderError(PaymentError, PermanentError):
     """The provider refused the request for a reason retrying will not fix."""
+
+
+class IntentStatus(StrEnum):
+    """A PaymentIntent's status, in Stripe's names."""
+
+    REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+    REQUIRES_CONFIRMATION = "requires_confirmation"
+    REQUIRES_ACTION = "requires_action"
+    PROCESSING = "processing"
+    REQUIRES_CAPTURE = "requires_capture"
+    SUCCEEDED = "succeeded"
+    CANCELED = "canceled"
+
+    @property
+    def cancellable(self) -> bool:
+        """Stripe cancels an intent only before it has taken money."""
+        return self not in (IntentStatus.PROCESSING, IntentStatus.SUCCEEDED,
+                            IntentStatus.CANCELED)
 
 
 @dataclass(frozen=True, slots=True)
 class IntentState:
-    """A PaymentIntent as the shop needs to see it.
-
-    ``status`` uses Stripe's names: requires_payment_method, requires_confirmation,
-    requires_action, processing, requires_capture, succeeded, canceled.
-    """
+    """A PaymentIntent as the shop needs to see it."""
 
     reference: str
-    status: str
+    status: IntentStatus
     amount: int
     amount_received: int = 0
+    amount_refunded: int = 0
     client_secret: str | None = None
     decline_code: str | None = None
     decline_message: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", IntentStatus(self.status))
+
+
+@dataclass(frozen=True, slots=True)
+class RefundState:
+    reference: str
+    amount: int
+    status: str
 
 
 class PaymentGateway(Protocol):
@@ -81,6 +125,14 @@ class PaymentGateway(Protocol):
     def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState: ...
 
     def cancel(self, reference: str, *, idempotency_key: str) -> IntentState: ...
+
+    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
+        """Give back ``amount`` of a captured intent."""
+        ...
+
+    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
+        """Every intent created after the Unix time ``created_after``."""
+        ...
 
 
 # Provider codes (Stripe's ``decline_code`` or ``code``) -> the shop's stable reasons.
@@ -110,6 +162,9 @@ def translate_error(exc: stripe.StripeError) -> PaymentError:
     if isinstance(exc, stripe.CardError):
         decline_code = exc.error.decline_code if exc.error is not None else None
         return PaymentDeclined(decline_reason(exc.code, decline_code), message)
+    text = f"stripe {type(exc).__name__} (HTTP {status}): {message}"
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return PaymentAuthError(text)
     transient = (
         isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError)
         or exc.code in TRANSIENT_CODES
@@ -117,7 +172,7 @@ def translate_error(exc: stripe.StripeError) -> PaymentError:
         or (status is not None and (status >= 500 or status in (409, 429)))
     )
     kind = PaymentTransientError if transient else PaymentProviderError
-    return kind(f"stripe {type(exc).__name__} (HTTP {status}): {message}")
+    return kind(text)
 
 
 @contextmanager
@@ -128,29 +183,43 @@ def _translated() -> Iterator[None]:
         raise translate_error(exc) from exc
 
 
-def _amount_received(intent: stripe.PaymentIntent) -> int:
-    received = getattr(intent, "amount_received", None)
-    if isinstance(received, int):
-        return received
-    # localstripe omits amount_received; derive it from the expanded latest charge.
-    charge = getattr(intent, "latest_charge", None)
-    if isinstance(charge, stripe.Charge) and getattr(charge, "captured", False):
-        return int(charge.amount) - int(getattr(charge, "amount_refunded", 0) or 0)
-    return 0
+def _charge_amounts(intent: stripe.PaymentIntent) -> tuple[int, int]:
+    """(captured, refunded) of the intent's latest charge, when it is expanded."""
+    charge: Any = getattr(intent, "latest_charge", None)
+    if not isinstance(charge, stripe.Charge) or not getattr(charge, "captured", False):
+        return 0, 0
+    return int(charge.amount), int(getattr(charge, "amount_refunded", 0) or 0)
+
+
+def _metadata(intent: stripe.PaymentIntent) -> dict[str, str]:
+    metadata: Any = getattr(intent, "metadata", None)
+    if metadata is None:
+        return {}
+    plain = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(metadata)
+    return {str(k): str(v) for k, v in plain.items()}
 
 
 def _state(intent: stripe.PaymentIntent) -> IntentState:
     error = getattr(intent, "last_payment_error", None)
-    failed = error is not None and intent.status in ("requires_payment_method", "canceled")
+    status = IntentStatus(intent.status)
+    failed = error is not None and status in (IntentStatus.REQUIRES_PAYMENT_METHOD,
+                                              IntentStatus.CANCELED)
     code = getattr(error, "code", None) if failed else None
+    captured, refunded = _charge_amounts(intent)
+    received = getattr(intent, "amount_received", None)
     return IntentState(
         reference=intent.id,
-        status=intent.status,
+        status=status,
         amount=intent.amount,
-        amount_received=_amount_received(intent),
+        # localstripe omits amount_received, and books a partial capture's remainder as
+        # a refund: there, what the charge kept is what was received.
+        amount_received=received if isinstance(received, int) else captured - refunded,
+        amount_refunded=refunded,
         client_secret=getattr(intent, "client_secret", None),
         decline_code=decline_reason(code, getattr(error, "decline_code", None)) if failed else None,
         decline_message=getattr(error, "message", None) if failed else None,
+        metadata=_metadata(intent),
+        created=int(getattr(intent, "created", 0) or 0),
     )
 
 
@@ -165,7 +234,8 @@ class StripeGateway:
     name = "stripe"
 
     def __init__(self, *, api_key: str, api_base: str | None = None,
-                 timeout: float = 10.0, emulator: bool = False) -> None:
+                 timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+                 emulator: bool = False) -> None:
         self._emulator = emulator
         self._http = stripe.RequestsClient(timeout=timeout)
         self._client = stripe.StripeClient(
@@ -197,9 +267,10 @@ class StripeGateway:
         return _state(intent)
 
     def retrieve(self, reference: str) -> IntentState:
-        """The intent as Stripe sees it now."""
+        """The intent as Stripe sees it now, with its latest charge's amounts."""
         with _translated():
-            return _state(self._intents.retrieve(reference))
+            return _state(self._intents.retrieve(
+                reference, params={"expand": ["latest_charge"]}))
 
     def confirm(self, reference: str, *, idempotency_key: str) -> IntentState:
         """Authorize; raises PaymentDeclined on a decline."""
@@ -222,6 +293,34 @@ class StripeGateway:
             intent = self._intents.cancel(
                 reference, options={"idempotency_key": idempotency_key})
         return _state(intent)
+
+    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
+        """Give back ``amount`` of a captured intent."""
+        with _translated():
+            refund = self._client.v1.refunds.create(
+                params={"payment_intent": reference, "amount": amount},
+                options={"idempotency_key": idempotency_key})
+        return RefundState(reference=refund.id, amount=int(refund.amount),
+                           status=str(refund.status))
+
+    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
+        """Intents created after ``created_after``, newest first, page by page.
+
+        localstripe cannot filter by ``created``; it is sent only to real Stripe,
+        and the emulator's pages are filtered here.
+        """
+        params: dict[str, Any] = {"limit": 100}
+        if not self._emulator:
+            params["created"] = {"gt": created_after}
+        while True:
+            with _translated():
+                page = self._intents.list(params=params)  # type: ignore[arg-type]
+            for intent in page.data:
+                if int(intent.created) > created_after:
+                    yield _state(intent)
+            if not page.has_more or not page.data:
+                return
+            params["starting_after"] = page.data[-1].id
 
     def close(self) -> None:
         """Close this thread's pooled HTTP connections."""

@@ -1,4 +1,7 @@
-"""Payment attempts at the provider and the provider's webhook events."""
+"""Payment attempts at the provider, their refunds, and the provider's webhook events.
+
+Only ``shop.payments`` writes these rows; the orders domain reads them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,16 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shop.db import Base, UTCDateTime, utcnow
@@ -22,6 +34,16 @@ class PaymentStatus(StrEnum):
     FAILED = "failed"
     VOIDED = "voided"
     REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+
+    @property
+    def public(self) -> str:
+        """The contract's ``payment.status`` (``created`` shows as ``pending``)."""
+        return PaymentStatus.PENDING.value if self is PaymentStatus.CREATED else self.value
+
+
+# Statuses after which the attempt holds nothing at the provider.
+SETTLED = frozenset({PaymentStatus.FAILED, PaymentStatus.VOIDED, PaymentStatus.REFUNDED})
 
 
 class Payment(Base):
@@ -31,6 +53,7 @@ class Payment(Base):
     __table_args__ = (
         UniqueConstraint("order_id", "attempt"),
         CheckConstraint("amount >= 0", name="amount_not_negative"),
+        CheckConstraint("amount_refunded <= amount_captured", name="refunds_within_capture"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -40,12 +63,32 @@ class Payment(Base):
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     reference: Mapped[str | None] = mapped_column(String(255), unique=True)
     client_secret: Mapped[str | None] = mapped_column(String(255))
-    amount: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(20), default=PaymentStatus.CREATED)
+    status: Mapped[str] = mapped_column(String(20), default=PaymentStatus.CREATED, index=True)
     decline_code: Mapped[str | None] = mapped_column(String(64))
+    amount_captured: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    captured_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Refund(Base):
+    """Money given back on a captured attempt: by the shop, or seen in the provider's events."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id", ondelete="CASCADE"),
+                                            index=True)
+    reference: Mapped[str] = mapped_column(String(255), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class WebhookEvent(Base):

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from shop.config import Settings, get_settings
 from shop.payments.dummy import DummyGateway
+from shop.payments.faults import FaultyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
 
 
@@ -13,18 +14,24 @@ def build_gateway(settings: Settings) -> PaymentGateway:
     """Stripe when the settings choose it, else the dummy provider that needs no server.
 
     A set ``stripe_api_base`` means a Stripe emulator (localstripe in tests), which
-    is sent only the request fields it understands.
+    is sent only the request fields it understands. ``SHOP_PAYMENT_FAULTS`` wraps the
+    gateway in injected faults (``shop.payments.faults``).
     """
+    gateway: PaymentGateway
     if settings.provider == "stripe":
         if settings.stripe_api_key is None:
             raise PaymentProviderError("SHOP_PAYMENT_PROVIDER=stripe needs SHOP_STRIPE_API_KEY")
-        return StripeGateway(
+        gateway = StripeGateway(
             api_key=settings.stripe_api_key.get_secret_value(),
             api_base=settings.stripe_api_base,
             emulator=settings.stripe_api_base is not None,
         )
-    return DummyGateway(state_dir=settings.data_dir / "dummy_payments",
-                        latency_ms=settings.dummy_payment_latency_ms)
+    else:
+        gateway = DummyGateway(state_dir=settings.data_dir / "dummy_payments",
+                               latency_ms=settings.dummy_payment_latency_ms)
+    if settings.payment_faults is not None:
+        gateway = FaultyGateway(gateway, settings.payment_faults)
+    return gateway
 
 
 @lru_cache(maxsize=1)

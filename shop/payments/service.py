@@ -1,10 +1,15 @@
-"""Payment attempts: authorize, capture and void, safe to run twice or after a crash.
+"""Payment attempts: authorize, capture, release and inspect, safe to run twice.
 
 Rules that keep money right under redelivery:
 - the provider idempotency key is ``<order id>:<attempt>:<operation>``, never random;
 - the intent id is stored (and committed) before the intent is confirmed, so a re-run
   asks the provider about that intent instead of creating another;
-- no provider call happens inside a database transaction.
+- no provider call happens inside a database transaction, so ``open_attempt`` and
+  ``authorize`` commit their own small writes (the row, the intent id, a decline
+  reason) before calling out: these are the module's deliberate extra commits;
+- what the provider said comes back as a ``Result`` whose ``Outcome`` the orders
+  domain maps to a transition; ``record`` (the only writer of ``Payment.status``)
+  stores it in the caller's transaction, beside that transition.
 """
 
 from __future__ import annotations
@@ -14,38 +19,48 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shop.db import utcnow
 from shop.payments.gateway import (
     IntentState,
+    IntentStatus,
     PaymentDeclined,
     PaymentGateway,
     PaymentProviderError,
     PaymentTransientError,
 )
-from shop.payments.models import Payment, PaymentStatus
+from shop.payments.models import SETTLED, Payment, PaymentStatus, Refund
 
 log = logging.getLogger(__name__)
 
-CANCELLABLE = ("requires_payment_method", "requires_confirmation", "requires_action",
-               "requires_capture")
-
 
 class Outcome(StrEnum):
-    AUTHORIZED = "authorized"
-    REQUIRES_ACTION = "requires_action"
-    DECLINED = "declined"
+    """What the provider's answer means for the order."""
+
+    AUTHORIZED = "authorized"  # money held: capture it next
+    REQUIRES_ACTION = "requires_action"  # the customer must authenticate
+    DECLINED = "declined"  # the card said no (``reason``)
+    REJECTED = "rejected"  # the provider refused our request (bad method, amount, …)
+    CAPTURED = "captured"  # money taken
+    VOIDED = "voided"  # nothing held any more
+    REFUNDED = "refunded"  # taken, then given back (in full or in part)
+    NO_INTENT = "no_intent"  # nothing was ever created at the provider
 
 
 @dataclass(frozen=True, slots=True)
-class AuthResult:
+class Result:
     outcome: Outcome
     payment_id: int
     reference: str | None
-    reason: str | None = None
-    message: str | None = None
+    reason: str | None = None  # a stable code (card_declined, …)
+    message: str | None = None  # for the customer (the provider's decline text)
+    detail: str | None = None  # for admins and logs only
+    captured: int = 0  # the provider's totals
+    refunded: int = 0
+    client_secret: str | None = None
 
 
 def attempt_key(order_id: uuid.UUID, attempt: int) -> str:
@@ -53,13 +68,22 @@ def attempt_key(order_id: uuid.UUID, attempt: int) -> str:
     return f"{order_id}:{attempt}"
 
 
+def find_attempt(session: Session, *, order_id: uuid.UUID, attempt: int) -> Payment | None:
+    return session.scalar(
+        select(Payment).where(Payment.order_id == order_id, Payment.attempt == attempt))
+
+
+def latest_attempt(session: Session, *, order_id: uuid.UUID) -> Payment | None:
+    return session.scalar(select(Payment).where(Payment.order_id == order_id)
+                          .order_by(Payment.attempt.desc()).limit(1))
+
+
 def open_attempt(
     session: Session, *, order_id: uuid.UUID, attempt: int, amount: int, currency: str,
     provider: str,
 ) -> Payment:
     """The payment row of this attempt, created (and committed) if it is new."""
-    query = select(Payment).where(Payment.order_id == order_id, Payment.attempt == attempt)
-    payment = session.scalar(query)
+    payment = find_attempt(session, order_id=order_id, attempt=attempt)
     if payment is not None:
         session.commit()  # end the read: no transaction stays open across provider calls
         return payment
@@ -69,7 +93,7 @@ def open_attempt(
         session.commit()
     except IntegrityError:  # a concurrent copy of the step created it first
         session.rollback()
-    payment = session.scalar(query)
+    payment = find_attempt(session, order_id=order_id, attempt=attempt)
     assert payment is not None
     session.commit()
     return payment
@@ -77,19 +101,35 @@ def open_attempt(
 
 def authorize(
     session: Session, *, payment: Payment, payment_method: str, gateway: PaymentGateway,
-) -> AuthResult:
-    """Authorize the attempt's amount; the result says what the order should do next."""
-    reference = payment.reference or _create_intent(
-        session, payment=payment, payment_method=payment_method, gateway=gateway)
+) -> Result:
+    """Authorize the attempt's amount (manual capture) and say how it went."""
+    if payment.decline_code is not None:  # declined before a crash: keep the real reason
+        return _result(payment, Outcome.DECLINED, reason=payment.decline_code)
+    try:
+        reference = payment.reference or _create_intent(
+            session, payment=payment, payment_method=payment_method, gateway=gateway)
+    except PaymentProviderError as exc:
+        return _result(payment, Outcome.REJECTED, reason="payment_rejected", detail=str(exc))
     state = gateway.retrieve(reference)
-    if state.status == "requires_confirmation":
+    if state.status is IntentStatus.REQUIRES_CONFIRMATION:
         try:
             state = gateway.confirm(reference, idempotency_key=f"{payment.idempotency_key}:confirm")
         except PaymentDeclined as exc:
-            return _declined(payment, reference, exc.reason, exc.message, gateway)
-        except PaymentProviderError:
+            return _declined(session, payment=payment, reason=exc.reason, message=exc.message,
+                             gateway=gateway)
+        except PaymentProviderError as exc:
             state = gateway.retrieve(reference)  # e.g. a concurrent copy confirmed it first
-    return _judge(payment, state, gateway)
+            if state.status is IntentStatus.REQUIRES_CONFIRMATION:
+                return _result(payment, Outcome.REJECTED, reason="payment_rejected",
+                               detail=str(exc))
+    if state.status is IntentStatus.REQUIRES_PAYMENT_METHOD:
+        return _declined(session, payment=payment, reason=state.decline_code or "card_declined",
+                         message=state.decline_message or "", gateway=gateway)
+    result = classify(payment, state)
+    if result.outcome is Outcome.VOIDED:  # cancelled at the provider before we saw it
+        return _result(payment, Outcome.DECLINED, reason=state.decline_code or "payment_cancelled",
+                       message=state.decline_message)
+    return result
 
 
 def _create_intent(
@@ -111,29 +151,23 @@ def _create_intent(
         session.refresh(payment)
         if payment.reference != state.reference:
             _cancel_quietly(gateway, state.reference, f"{payment.idempotency_key}:orphan")
+    else:
+        session.refresh(payment)
     assert payment.reference is not None
     return payment.reference
 
 
-def _judge(payment: Payment, state: IntentState, gateway: PaymentGateway) -> AuthResult:
-    if state.status in ("requires_capture", "succeeded"):
-        return AuthResult(Outcome.AUTHORIZED, payment.id, state.reference)
-    if state.status == "requires_action":
-        return AuthResult(Outcome.REQUIRES_ACTION, payment.id, state.reference)
-    if state.status == "requires_payment_method":
-        return _declined(payment, state.reference, state.decline_code or "card_declined",
-                         state.decline_message or "The card was declined.", gateway)
-    if state.status == "canceled":
-        return AuthResult(Outcome.DECLINED, payment.id, state.reference, "payment_cancelled",
-                          "The payment was cancelled at the provider.")
-    raise PaymentTransientError(f"intent {state.reference} is {state.status}; asking again later")
-
-
-def _declined(payment: Payment, reference: str, reason: str, message: str,
-              gateway: PaymentGateway) -> AuthResult:
+def _declined(session: Session, *, payment: Payment, reason: str, message: str,
+              gateway: PaymentGateway) -> Result:
+    # The reason is committed before the cancel, so a re-run after a crash between the
+    # two still reports the card's answer, not the cancellation.
+    session.execute(update(Payment).where(Payment.id == payment.id)
+                    .values(decline_code=reason))
+    session.commit()
+    assert payment.reference is not None
     # A declined intent holds no money; cancelling it keeps the dashboard honest.
-    _cancel_quietly(gateway, reference, f"{payment.idempotency_key}:cancel")
-    return AuthResult(Outcome.DECLINED, payment.id, reference, reason, message)
+    _cancel_quietly(gateway, payment.reference, f"{payment.idempotency_key}:cancel")
+    return _result(payment, Outcome.DECLINED, reason=reason, message=message)
 
 
 def _cancel_quietly(gateway: PaymentGateway, reference: str, key: str) -> None:
@@ -143,46 +177,139 @@ def _cancel_quietly(gateway: PaymentGateway, reference: str, key: str) -> None:
         log.info("intent %s was not cancellable", reference)
 
 
-def record(session: Session, *, payment_id: int, status: PaymentStatus,
-           decline_code: str | None = None, client_secret: str | None = None) -> None:
-    """Note a payment's new status in the caller's transaction (no commit)."""
-    values: dict[str, object] = {"status": status}
-    if decline_code is not None:
-        values["decline_code"] = decline_code
-    if client_secret is not None:
-        values["client_secret"] = client_secret
-    session.execute(update(Payment).where(Payment.id == payment_id).values(**values))
+def capture(*, payment: Payment, amount: int, gateway: PaymentGateway) -> Result:
+    """Capture an authorized intent; asking first makes a second run harmless.
 
-
-def capture(*, payment: Payment, amount: int, gateway: PaymentGateway) -> IntentState:
-    """Capture an authorized intent; asking first makes a second run harmless."""
+    Raises ``PaymentTransientError`` while the answer is unknown: the caller must not
+    decide anything about the money until the provider says.
+    """
     assert payment.reference is not None
     state = gateway.retrieve(payment.reference)
-    if state.status == "requires_capture":
+    if state.status is IntentStatus.REQUIRES_CAPTURE:
         try:
             state = gateway.capture(payment.reference, amount=amount,
                                     idempotency_key=f"{payment.idempotency_key}:capture")
         except PaymentProviderError:
             state = gateway.retrieve(payment.reference)
-    return state
+            if state.status is IntentStatus.REQUIRES_CAPTURE:
+                raise
+    return _settled(classify(payment, state))
 
 
-def void(session: Session, *, order_id: uuid.UUID, attempt: int,
-         gateway: PaymentGateway) -> str | None:
-    """Release whatever the attempt holds at the provider; returns the intent's status."""
-    payment = session.scalar(
-        select(Payment).where(Payment.order_id == order_id, Payment.attempt == attempt))
-    if payment is None or payment.reference is None:
-        return None
+def inspect(*, payment: Payment, gateway: PaymentGateway) -> Result:
+    """What the provider says about the attempt now (no writes, no changes)."""
+    if payment.reference is None:
+        return _result(payment, Outcome.NO_INTENT)
+    return classify(payment, gateway.retrieve(payment.reference))
+
+
+def release(*, payment: Payment, gateway: PaymentGateway) -> Result:
+    """Cancel what the attempt holds, or refund what it took; safe to repeat.
+
+    ``PaymentTransientError`` while the provider cannot say or is still processing.
+    """
+    if payment.reference is None:
+        return _result(payment, Outcome.NO_INTENT)
     state = gateway.retrieve(payment.reference)
-    if state.status in CANCELLABLE:
-        state = gateway.cancel(payment.reference,
-                               idempotency_key=f"{payment.idempotency_key}:cancel")
-    if state.status == "succeeded":
-        log.error("payment %s of order %s was captured; it needs a refund",
-                  payment.reference, order_id)
-        return state.status
-    if payment.status != PaymentStatus.FAILED:
-        payment.status = PaymentStatus.VOIDED
-    session.commit()
-    return state.status
+    if state.status.cancellable:
+        try:
+            state = gateway.cancel(payment.reference,
+                                   idempotency_key=f"{payment.idempotency_key}:cancel")
+        except PaymentProviderError:
+            state = gateway.retrieve(payment.reference)  # captured meanwhile, or cancelled
+    if state.status is IntentStatus.SUCCEEDED:
+        remaining = state.amount_received - state.amount_refunded
+        if remaining > 0:
+            gateway.refund(payment.reference, amount=remaining,
+                           idempotency_key=f"{payment.idempotency_key}:refund")
+            state = gateway.retrieve(payment.reference)
+    result = _settled(classify(payment, state))
+    if result.outcome in (Outcome.AUTHORIZED, Outcome.CAPTURED):
+        raise PaymentTransientError(f"intent {state.reference} is still {state.status}")
+    return result
+
+
+def classify(payment: Payment, state: IntentState) -> Result:
+    """The outcome an intent's state stands for."""
+    status = state.status
+    outcome = {
+        IntentStatus.REQUIRES_CAPTURE: Outcome.AUTHORIZED,
+        IntentStatus.REQUIRES_ACTION: Outcome.REQUIRES_ACTION,
+        IntentStatus.REQUIRES_PAYMENT_METHOD: Outcome.DECLINED,
+        IntentStatus.CANCELED: Outcome.VOIDED,
+        IntentStatus.REQUIRES_CONFIRMATION: Outcome.VOIDED,  # never confirmed: holds nothing
+    }.get(status)
+    if status is IntentStatus.SUCCEEDED:
+        outcome = Outcome.REFUNDED if state.amount_refunded > 0 else Outcome.CAPTURED
+    if outcome is None:  # processing: the provider has not decided yet
+        raise PaymentTransientError(f"intent {state.reference} is {status}; asking again later")
+    return _result(payment, outcome, reason=state.decline_code, message=state.decline_message,
+                   captured=state.amount_received, refunded=state.amount_refunded,
+                   client_secret=state.client_secret)
+
+
+def _settled(result: Result) -> Result:
+    if result.outcome is Outcome.REQUIRES_ACTION:
+        raise PaymentTransientError(f"intent {result.reference} waits for the customer")
+    return result
+
+
+def _result(payment: Payment, outcome: Outcome, **fields: object) -> Result:
+    return Result(outcome, payment.id, payment.reference, **fields)  # type: ignore[arg-type]
+
+
+_STATUS_OF: dict[Outcome, PaymentStatus] = {
+    Outcome.AUTHORIZED: PaymentStatus.AUTHORIZED,
+    Outcome.REQUIRES_ACTION: PaymentStatus.REQUIRES_ACTION,
+    Outcome.DECLINED: PaymentStatus.FAILED,
+    Outcome.REJECTED: PaymentStatus.FAILED,
+    Outcome.CAPTURED: PaymentStatus.CAPTURED,
+    Outcome.VOIDED: PaymentStatus.VOIDED,
+}
+
+
+def record(session: Session, *, result: Result) -> Payment:
+    """Store what the provider said on the attempt, in the caller's transaction (no commit).
+
+    The only writer of ``Payment.status``. Refunds the provider reports beyond what is
+    recorded become ``Refund`` rows, so a refund is counted once however it is learnt.
+    """
+    payment = session.get(Payment, result.payment_id, populate_existing=True)
+    assert payment is not None
+    if result.outcome is Outcome.NO_INTENT:
+        if payment.status == PaymentStatus.CREATED:
+            payment.status = PaymentStatus.FAILED
+        return payment
+    if result.outcome is Outcome.VOIDED and payment.status == PaymentStatus.FAILED:
+        return payment  # a declined attempt that was cleaned up stays "failed"
+    if result.outcome in (Outcome.DECLINED, Outcome.REJECTED):
+        payment.decline_code = result.reason
+        payment.last_error = result.detail or payment.last_error
+    if result.client_secret is not None:
+        payment.client_secret = result.client_secret
+    if result.captured:
+        payment.amount_captured = result.captured
+        payment.captured_at = payment.captured_at or utcnow()
+    if result.refunded > payment.amount_refunded:
+        _add_refund(session, payment=payment, total=result.refunded)
+    if result.outcome is Outcome.REFUNDED:
+        full = payment.amount_refunded >= payment.amount_captured
+        payment.status = PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED
+    else:
+        payment.status = _STATUS_OF[result.outcome]
+    return payment
+
+
+def _add_refund(session: Session, *, payment: Payment, total: int) -> None:
+    recorded = session.scalar(select(func.coalesce(func.sum(Refund.amount), 0))
+                              .where(Refund.payment_id == payment.id)) or 0
+    if total > recorded:
+        session.add(Refund(payment_id=payment.id, amount=total - recorded,
+                           reference=f"{payment.reference}:refunded:{total}",
+                           currency=payment.currency, reason="requested_by_shop"))
+    payment.amount_refunded = total
+
+
+def unsettled(payment: Payment) -> bool:
+    """Whether the attempt may still hold money at the provider."""
+    return PaymentStatus(payment.status) not in SETTLED and payment.reference is not None

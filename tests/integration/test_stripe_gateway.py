@@ -21,6 +21,7 @@ from shop.config import Settings
 from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import (
     IntentState,
+    PaymentAuthError,
     PaymentDeclined,
     PaymentGateway,
     PaymentProviderError,
@@ -209,11 +210,11 @@ def test_payment_method_localstripe_does_not_know_is_a_provider_error(
         new_intent(stripe_gateway, "pm_card_chargeDeclined")
 
 
-def test_rejected_api_key_is_a_provider_error(localstripe_url: str) -> None:
+def test_rejected_api_key_is_an_operator_alarm_not_a_refusal(localstripe_url: str) -> None:
     gateway = StripeGateway(api_key="rk_not_a_secret_key", api_base=localstripe_url,
                             emulator=True)
 
-    with pytest.raises(PaymentProviderError, match="401"):
+    with pytest.raises(PaymentAuthError, match="401"):
         gateway.retrieve("pi_anything")
     gateway.close()
 
@@ -475,6 +476,16 @@ def test_network_and_server_errors_become_transient(error: stripe.StripeError) -
     assert isinstance(translate_error(error), PaymentTransientError)
 
 
+@pytest.mark.parametrize("error", [stripe.AuthenticationError("bad key", http_status=401),
+                                   stripe.PermissionError("forbidden", http_status=403)])
+def test_a_refused_key_is_an_alarm_retried_like_an_outage(error: stripe.StripeError) -> None:
+    # Not the customer's fault: it must not fail orders as "rejected", nor spin forever.
+    mapped = translate_error(error)
+    assert isinstance(mapped, PaymentAuthError)
+    assert isinstance(mapped, PaymentTransientError)
+    assert not isinstance(mapped, PaymentProviderError)
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -482,8 +493,6 @@ def test_network_and_server_errors_become_transient(error: stripe.StripeError) -
                                    http_status=404),
         stripe.InvalidRequestError("unexpected state", None, "payment_intent_unexpected_state",
                                    http_status=400),
-        stripe.AuthenticationError("bad key", http_status=401),
-        stripe.PermissionError("forbidden", http_status=403),
         stripe.IdempotencyError("same key, other parameters", http_status=400),
     ],
 )

@@ -1,0 +1,23 @@
+"""What the task runtime knows of failures: three base classes the domains subclass.
+
+The runtime in ``shop.task_runner`` catches these bases and never imports a domain's
+own errors, so dependencies point downward::
+
+    TransientError   worth retrying later: a provider or mail server that did not answer
+    PermanentError   retrying cannot help: the step gives up at once
+    BusyError        another copy holds this work right now: look again soon, uncounted
+"""
+
+from __future__ import annotations
+
+
+class TransientError(Exception):
+    """The outcome may differ next time (timeouts, 5xx, connection refused)."""
+
+
+class PermanentError(Exception):
+    """Retrying will not change the answer (a refusal, a misconfiguration)."""
+
+
+class BusyError(Exception):
+    """Another copy of the work holds it now; try again shortly."""

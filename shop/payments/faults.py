@@ -1,0 +1,131 @@
+"""Faults injected at the payment gateway boundary, for tests, drills and demos.
+
+``SHOP_PAYMENT_FAULTS`` names a JSON file; while it is set, every gateway call first
+consults the file's rules, shared by all processes (read and rewritten under a lock)::
+
+    [{"op": "capture", "mode": "lost_answer", "times": 1},
+     {"op": "*", "mode": "unavailable", "times": null}]
+
+``op`` is a gateway method (``create_intent``, ``retrieve``, ``confirm``, ``capture``,
+``cancel``, ``refund``, ``list_intents``) or ``*``; the first rule that matches and
+still has ``times`` left (``null``: forever) is used up by one call. Modes:
+
+- ``unavailable``: the request never reaches the provider (a transient error);
+- ``lost_answer``: the provider applies the request, and its answer is lost;
+- ``hang``: the call waits ``seconds`` first (to trip time limits);
+- ``reject``: the provider refuses the request (a permanent error);
+- ``auth``: the provider refuses the API key.
+
+The file can be changed at any time; an absent or empty file injects nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shop.payments.gateway import (
+    IntentState,
+    PaymentAuthError,
+    PaymentGateway,
+    PaymentProviderError,
+    PaymentTransientError,
+    RefundState,
+)
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.with_name(path.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_rules(path: Path, rules: list[dict[str, Any]]) -> None:
+    """Replace the rules (tests and drills call this from any process)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        path.write_text(json.dumps(rules))
+
+
+def take_rule(path: Path, op: str) -> dict[str, Any] | None:
+    """Use up one call of the first rule matching ``op``; None when nothing matches."""
+    if not path.exists():
+        return None
+    with _locked(path):
+        try:
+            rules: list[dict[str, Any]] = json.loads(path.read_text() or "[]")
+        except json.JSONDecodeError:
+            return None
+        for rule in rules:
+            times = rule.get("times")
+            if rule.get("op", "*") in ("*", op) and (times is None or times > 0):
+                if times is not None:
+                    rule["times"] = times - 1
+                    path.write_text(json.dumps(rules))
+                return rule
+    return None
+
+
+class FaultyGateway:
+    """Wraps a real gateway; applies the rules in ``path`` before each call."""
+
+    def __init__(self, inner: PaymentGateway, path: Path) -> None:
+        self.inner = inner
+        self.path = path
+        self.name = inner.name
+
+    def _call(self, op: str, call: Callable[[], T]) -> T:
+        rule = take_rule(self.path, op)
+        mode = rule.get("mode") if rule else None
+        if mode == "hang":
+            time.sleep(float(rule.get("seconds", 30)))  # type: ignore[union-attr]
+        elif mode == "unavailable":
+            raise PaymentTransientError(f"injected: provider unavailable for {op}")
+        elif mode == "reject":
+            raise PaymentProviderError(f"injected: provider refused {op}")
+        elif mode == "auth":
+            raise PaymentAuthError(f"injected: API key refused for {op}")
+        result = call()
+        if mode == "lost_answer":
+            raise PaymentTransientError(f"injected: the answer to {op} was lost")
+        return result
+
+    def create_intent(self, *, amount: int, currency: str, payment_method: str,
+                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
+        return self._call("create_intent", lambda: self.inner.create_intent(
+            amount=amount, currency=currency, payment_method=payment_method,
+            metadata=metadata, idempotency_key=idempotency_key))
+
+    def retrieve(self, reference: str) -> IntentState:
+        return self._call("retrieve", lambda: self.inner.retrieve(reference))
+
+    def confirm(self, reference: str, *, idempotency_key: str) -> IntentState:
+        return self._call("confirm", lambda: self.inner.confirm(
+            reference, idempotency_key=idempotency_key))
+
+    def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState:
+        return self._call("capture", lambda: self.inner.capture(
+            reference, amount=amount, idempotency_key=idempotency_key))
+
+    def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
+        return self._call("cancel", lambda: self.inner.cancel(
+            reference, idempotency_key=idempotency_key))
+
+    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
+        return self._call("refund", lambda: self.inner.refund(
+            reference, amount=amount, idempotency_key=idempotency_key))
+
+    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
+        return self._call("list_intents", lambda: iter(list(
+            self.inner.list_intents(created_after=created_after))))
