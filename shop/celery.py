@@ -1,13 +1,16 @@
-"""The Celery app: queues, routes, reliability settings and the beat schedule.
+"""The Celery app: queues, routes, reliability settings, broker topology, beat schedule.
 
 Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 - acks_late + reject_on_worker_lost + prefetch 1: a message is acknowledged only
-  after its task finished, and a worker killed mid-task gives it back;
+  after its task finished, and a worker killed mid-task gives it back; a task stopped
+  by its hard time limit is put back too (``task_acks_on_timeout=False``);
 - classic durable queues: delayed (countdown) retries on quorum queues were lost
   before RabbitMQ 4.0.1, and classic queues keep them;
 - every queue dead-letters to ``shop.dlx``, so rejected, unknown and poison
   messages land in ``shop.dead_letter`` instead of vanishing; redeliveries are
-  bounded by a count kept in the database (``TaskTemplate`` in ``shop.tasks``);
+  bounded by a count kept in the database (``shop.task_runner``);
+- the shop owns a durable ``shop.fulfillment`` queue bound to ``shop.events``, so a
+  warehouse request is kept even before the warehouse binds its own queue;
 - JSON only, publisher confirms, time limits on every task.
 """
 
@@ -18,26 +21,27 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_process_init
+from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
+from shop.orders.steps import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
+from shop.orders.sweeper import STUCK_AFTER_SECONDS
+from shop.orders.workflow import TaskName
 
 QUEUES = ("orders", "payments", "notifications", "reports")
 DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="topic", durable=True)
 DEAD_LETTER_QUEUE = Queue("shop.dead_letter", DEAD_LETTER_EXCHANGE, routing_key="#",
                           durable=True)
-ROUTES = {
-    "shop.orders.check_inventory": "orders",
-    "shop.orders.reserve_stock": "orders",
-    "shop.orders.request_fulfillment": "orders",
-    "shop.orders.resume_stuck_orders": "orders",
-    "shop.orders.charge_payment": "payments",
-    "shop.orders.capture_payment": "payments",
-    "shop.payments.void_payment": "payments",
-    "shop.orders.send_confirmation": "notifications",
+EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
+FULFILLMENT_QUEUE = Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_ROUTING_KEY,
+                          durable=True)
+ROUTES: dict[str, str] = {
+    **{task.value: task.queue for task in TaskName},
     "shop.reports.*": "reports",
 }
+RECONCILE_EVERY = 300.0
 
 
 def task_queues(settings: Settings) -> list[Queue]:
@@ -73,7 +77,7 @@ def configure(app: Celery, settings: Settings) -> None:
         broker_connection_retry_on_startup=True,
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_ignore_result=True, result_backend=None,
-        task_acks_late=True, task_reject_on_worker_lost=True,
+        task_acks_late=True, task_reject_on_worker_lost=True, task_acks_on_timeout=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_time_limit=60, task_soft_time_limit=45,
@@ -84,13 +88,23 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_hijack_root_logger=False, worker_send_task_events=False,
         timezone=settings.timezone, enable_utc=True,
         beat_schedule={
-            "resume-stuck-orders": {"task": "shop.orders.resume_stuck_orders",
-                                    "schedule": 60.0},
+            "resume-stuck-orders": {"task": TaskName.RESUME_STUCK.value,
+                                    "schedule": STUCK_AFTER_SECONDS / 5},
+            "reconcile-payments": {"task": TaskName.RECONCILE.value,
+                                   "schedule": RECONCILE_EVERY},
         },
     )
 
 
-app = Celery("shop", include=["shop.orders.tasks", "shop.payments.tasks"])
+def declare_topology(connection: Connection) -> None:
+    """Declare what the shop's messages rely on beyond the task queues (AMQP only):
+    the dead-letter queue, and the fulfillment queue on the events exchange."""
+    channel = connection.default_channel
+    DEAD_LETTER_QUEUE(channel).declare()
+    FULFILLMENT_QUEUE(channel).declare()
+
+
+app = Celery("shop", include=["shop.orders.tasks"])
 configure(app, get_settings())
 
 
@@ -101,8 +115,7 @@ def _fresh_connections_after_fork(**_: Any) -> None:
 
 
 @celeryd_after_setup.connect
-def _declare_dead_letters(**_: Any) -> None:
-    """Declare the dead-letter exchange and queue the task queues point at."""
+def _declare_topology(**_: Any) -> None:
     if get_settings().broker_is_amqp:
         with app.connection_for_write() as conn:
-            DEAD_LETTER_QUEUE(conn.default_channel).declare()
+            declare_topology(conn)

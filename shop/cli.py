@@ -35,14 +35,14 @@ def _seed(_: argparse.Namespace) -> int:
 
 
 def _relay(_: argparse.Namespace) -> int:
-    from shop.celery import app
+    from shop.celery import app, declare_topology
     from shop.messaging import relay
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s relay %(levelname)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    relay.run(app, stop)
+    relay.run(app, stop, on_connect=declare_topology if get_settings().broker_is_amqp else None)
     return 0
 
 

@@ -13,9 +13,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import DateTime, Insert, MetaData, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from shop.config import get_settings
@@ -58,6 +62,40 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class db_now(FunctionElement[dt.datetime]):
+    """The database's clock, plus ``seconds``: one clock for every machine.
+
+    Leases, claims and delays compare against this instead of each worker's own
+    clock, so skew between machines cannot let a second copy in early.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, seconds: float = 0) -> None:
+        self.seconds = float(seconds)
+        super().__init__()
+
+
+@compiles(db_now, "postgresql")
+def _pg_now(element: db_now, compiler: SQLCompiler, **_: Any) -> str:
+    return f"(statement_timestamp() + interval '{element.seconds:.6f} seconds')"
+
+
+@compiles(db_now, "sqlite")
+def _sqlite_now(element: db_now, compiler: SQLCompiler, **_: Any) -> str:
+    # The same text form SQLAlchemy stores (microseconds), so comparisons line up.
+    return (f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{element.seconds:+.3f} seconds')"
+            " || '000')")
+
+
+def insert_for(session: Session, table: Table) -> Insert:
+    """An INSERT with ``on_conflict_do_*`` for the session's database (PostgreSQL, SQLite)."""
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table)  # type: ignore[no-any-return]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from celery import Celery
 from kombu.connection import Connection
@@ -28,11 +29,19 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
                  "interval_max": 1.0}
 
 
-class Publisher:
-    """Sends outbox rows over one broker connection of its own (publisher confirms on)."""
+OnConnect = Callable[[Connection], None]
 
-    def __init__(self, app: Celery) -> None:
+
+class Publisher:
+    """Sends outbox rows over one broker connection of its own (publisher confirms on).
+
+    ``on_connect`` declares what the messages rely on (queues bound to the events
+    exchange) each time the connection is made, before anything is published.
+    """
+
+    def __init__(self, app: Celery, on_connect: OnConnect | None = None) -> None:
         self.app = app
+        self.on_connect = on_connect
         self._connection: Connection | None = None
         self._producer: Producer | None = None
 
@@ -40,6 +49,8 @@ class Publisher:
         if self._producer is None:
             connection = self.app.connection_for_write()
             connection.ensure_connection(max_retries=1)
+            if self.on_connect is not None:
+                self.on_connect(connection)
             self._connection, self._producer = connection, connection.Producer()
         return self._producer
 
@@ -72,10 +83,11 @@ def relay_once(publisher: Publisher) -> int:
         return relay_batch(session, publish=publisher, limit=get_settings().relay_batch_size)
 
 
-def run(app: Celery, stop: threading.Event | None = None) -> None:
+def run(app: Celery, stop: threading.Event | None = None,
+        on_connect: OnConnect | None = None) -> None:
     """Relay until ``stop`` is set, backing off while the broker is unreachable."""
     stop = stop or threading.Event()
-    publisher = Publisher(app)
+    publisher = Publisher(app, on_connect)
     poll = get_settings().relay_poll_interval
     delay = poll
     log.info("outbox relay started")

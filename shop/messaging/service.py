@@ -6,7 +6,6 @@ crash between commit and publish leaves the row for the relay to send later.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy import Integer, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shop.db import utcnow
+from shop.db import db_now, utcnow
 from shop.messaging.models import OutboxMessage, TaskDelivery
 
 Publish = Callable[[OutboxMessage], None]
@@ -28,8 +27,8 @@ def enqueue_task(
 ) -> OutboxMessage:
     """Add a Celery task message to the outbox; it is sent after the caller commits."""
     message = OutboxMessage(
-        id=message_id or uuid.uuid4(), kind="task", name=name, exchange=None, payload=kwargs,
-        available_at=utcnow() + dt.timedelta(seconds=delay),
+        id=message_id or uuid.uuid4(), kind="task", name=str(name), exchange=None,
+        payload=kwargs, available_at=db_now(delay),
     )
     session.add(message)
     return message
@@ -42,6 +41,7 @@ def enqueue_event(
     """Add an integration event for other systems; ``message_id`` is what they dedupe on."""
     message = OutboxMessage(
         id=message_id, kind="event", name=routing_key, exchange=exchange, payload=body,
+        available_at=db_now(),
     )
     session.add(message)
     return message
@@ -56,7 +56,7 @@ def relay_batch(session: Session, *, publish: Publish, limit: int) -> int:
     """
     due = (
         select(OutboxMessage)
-        .where(OutboxMessage.published_at.is_(None), OutboxMessage.available_at <= utcnow())
+        .where(OutboxMessage.published_at.is_(None), OutboxMessage.available_at <= db_now())
         .order_by(OutboxMessage.available_at, OutboxMessage.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -70,8 +70,7 @@ def relay_batch(session: Session, *, publish: Publish, limit: int) -> int:
                 # Step aside so one unpublishable row cannot block the rows behind it.
                 message.attempts += 1
                 message.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                message.available_at = utcnow() + dt.timedelta(
-                    seconds=min(MAX_DEFER, 0.5 * 2 ** min(message.attempts, 10)))
+                message.available_at = db_now(min(MAX_DEFER, 0.5 * 2 ** min(message.attempts, 10)))
                 raise
             message.published_at = utcnow()
             sent += 1
@@ -84,6 +83,12 @@ def pending_count(session: Session) -> int:
     """Messages not yet published (for health checks and tests)."""
     query = select(func.count()).where(OutboxMessage.published_at.is_(None))
     return int(session.scalar(query) or 0)
+
+
+def delivery_count(session: Session, *, message_id: str) -> int:
+    """How often ``message_id`` was counted so far (0 if never)."""
+    return int(session.scalar(select(TaskDelivery.deliveries)
+                              .where(TaskDelivery.message_id == message_id)) or 0)
 
 
 def count_delivery(session: Session, *, message_id: str, task_name: str) -> int:

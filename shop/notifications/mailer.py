@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from shop.config import Settings
+from shop.exceptions import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,11 @@ class MailError(Exception):
     """Base of every error raised while sending an email."""
 
 
-class MailTransientError(MailError):
+class MailTransientError(MailError, TransientError):
     """Worth retrying: the mail server may accept the message later."""
 
 
-class MailPermanentError(MailError):
+class MailPermanentError(MailError, PermanentError):
     """The message was refused for a reason retrying will not fix."""
 
 

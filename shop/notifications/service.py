@@ -9,7 +9,6 @@ email is sent again, with the same Message-ID, so mail clients can fold the copi
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Mapping
@@ -19,7 +18,8 @@ from sqlalchemy import Integer, cast, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shop.db import utcnow
+from shop.db import db_now, utcnow
+from shop.exceptions import BusyError
 from shop.notifications.mailer import Mailer, MailError, compose
 from shop.notifications.models import Notification
 from shop.notifications.rendering import render_email
@@ -28,7 +28,7 @@ SENDING = "sending"
 SENT = "sent"
 
 
-class NotificationInProgress(Exception):
+class NotificationInProgress(BusyError):
     """Another worker holds a live claim on this notification; try again later."""
 
     def __init__(self, key: str) -> None:
@@ -74,8 +74,8 @@ def send_notification(
             sender=sender, recipients=recipients, subject=rendered.subject,
             text=rendered.text, html=rendered.html, message_id=message_id,
         ))
-    except MailError:
-        _release(session, key=key)
+    except MailError as exc:
+        _release(session, key=key, error=exc)
         raise
     # Any other exception keeps the claim: whether the email left is unknown, so
     # only the lease's expiry allows a resend.
@@ -96,7 +96,7 @@ def _claim(
     session.add(
         Notification(
             key=key, kind=kind, order_id=order_id, recipients=", ".join(recipients),
-            message_id=message_id_for(key), status=SENDING, attempts=1, claimed_at=utcnow(),
+            message_id=message_id_for(key), status=SENDING, attempts=1, claimed_at=db_now(),
         )
     )
     try:
@@ -122,16 +122,15 @@ def _reclaim(
     if row.status == SENT:
         session.commit()
         return None
-    now = utcnow()
-    expired = now - dt.timedelta(seconds=lease_seconds)
     message_id = session.execute(
         update(Notification)
         .where(
             Notification.key == key,
             Notification.status == SENDING,
-            or_(Notification.claimed_at.is_(None), Notification.claimed_at < expired),
+            or_(Notification.claimed_at.is_(None),
+                Notification.claimed_at < db_now(-lease_seconds)),
         )
-        .values(claimed_at=now, attempts=cast(Notification.attempts + 1, Integer))
+        .values(claimed_at=db_now(), attempts=cast(Notification.attempts + 1, Integer))
         .returning(Notification.message_id)
     ).scalar()
     session.commit()
@@ -140,12 +139,13 @@ def _reclaim(
     return str(message_id)
 
 
-def _release(session: Session, *, key: str) -> None:
-    """Give the claim back after a send that certainly failed, so a retry may go now."""
+def _release(session: Session, *, key: str, error: MailError) -> None:
+    """Give the claim back after a send that certainly failed, so a retry (or an admin's
+    resend, after a permanent refusal) may go now; the reason is kept for admins."""
     session.execute(
         update(Notification)
         .where(Notification.key == key, Notification.status == SENDING)
-        .values(claimed_at=None)
+        .values(claimed_at=None, last_error=str(error)[:2000])
     )
     session.commit()
 

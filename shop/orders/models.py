@@ -1,4 +1,5 @@
-"""Catalogue, orders, their lines and timeline, API idempotency keys and fulfillment."""
+"""Catalogue, orders, their lines and timeline, API idempotency keys, fulfillment, and
+what needs a person's attention."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Integer,
@@ -32,10 +35,10 @@ class Product(Base):
 
     sku: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    price: Mapped[int] = mapped_column(Integer)
+    price: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
-    on_hand: Mapped[int] = mapped_column(Integer, default=0)
-    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    on_hand: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -57,18 +60,21 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(20), index=True, default=OrderStatus.PENDING)
     stage: Mapped[str] = mapped_column(String(20), default=Stage.PLACED)
     currency: Mapped[str] = mapped_column(String(3))
-    subtotal: Mapped[int] = mapped_column(Integer)
-    total: Mapped[int] = mapped_column(Integer)
+    subtotal: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
     payment_method: Mapped[str] = mapped_column(String(255))
     payment_attempt: Mapped[int] = mapped_column(Integer, default=1)
     shipping_address: Mapped[dict[str, Any]] = mapped_column(JSON)
     failure_step: Mapped[str | None] = mapped_column(String(20))
     failure_reason: Mapped[str | None] = mapped_column(String(64))
-    failure_message: Mapped[str | None] = mapped_column(Text)
+    failure_message: Mapped[str | None] = mapped_column(Text)  # for the customer
+    failure_detail: Mapped[str | None] = mapped_column(Text)  # for admins and logs
+    stock_reserved: Mapped[bool] = mapped_column(Boolean, default=False)
+    resumes: Mapped[int] = mapped_column(Integer, default=0)  # sweeps since it last moved
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     # Every UPDATE of an order compares and bumps ``version``: two copies of one step
@@ -92,27 +98,38 @@ class Order(Base):
         *,
         detail: dict[str, Any] | None = None,
         failure: tuple[Step, str, str] | None = None,
+        internal: dict[str, Any] | None = None,
+        actor: str | None = None,
     ) -> None:
-        """Move the order through the transition table and record it on the timeline."""
+        """Move the order through the transition table and record it on the timeline.
+
+        ``failure`` is ``(step, reason, message)``, the message written for the
+        customer; ``internal`` holds what only admins and logs may see.
+        """
         stage = next_stage(self.current_stage, event)
         now = utcnow()
         self.stage = stage
         self.status = stage.status
         self.updated_at = now
+        self.resumes = 0
         if stage is Stage.FAILED:
             assert failure is not None, "a failure needs (step, reason, message)"
             self.failure_step, self.failure_reason, self.failure_message = failure
+            self.failure_detail = str((internal or {}).get("error") or "") or None
         elif failure is None:
             self.failure_step = self.failure_reason = self.failure_message = None
+            self.failure_detail = None
         record = dict(detail or {})
         if failure is not None:
             record.update(step=failure[0].value, reason=failure[1])
-        self.record(event.value, detail=record, at=now)
+        self.record(event.value, detail=record, at=now, internal=internal, actor=actor)
 
     def record(self, type_: str, *, detail: dict[str, Any] | None = None,
-               at: dt.datetime | None = None) -> None:
+               at: dt.datetime | None = None, internal: dict[str, Any] | None = None,
+               actor: str | None = None) -> None:
         """Append a timeline entry that is not a status change (e.g. an email sent)."""
-        self.events.append(OrderEvent(type=type_, detail=detail or {}, at=at or utcnow()))
+        self.events.append(OrderEvent(type=type_, detail=detail or {}, at=at or utcnow(),
+                                      internal=internal or None, actor=actor))
 
 
 class OrderLine(Base):
@@ -128,8 +145,8 @@ class OrderLine(Base):
     sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
     name: Mapped[str] = mapped_column(String(200))
     quantity: Mapped[int] = mapped_column(Integer)
-    unit_price: Mapped[int] = mapped_column(Integer)
-    line_total: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[int] = mapped_column(BigInteger)
+    line_total: Mapped[int] = mapped_column(BigInteger)
 
     order: Mapped[Order] = relationship(back_populates="lines")
 
@@ -143,7 +160,9 @@ class OrderEvent(Base):
     )
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     type: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # shown to the customer
+    internal: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # admins only
+    actor: Mapped[str | None] = mapped_column(String(100))  # who did it, for admin actions
 
     order: Mapped[Order] = relationship(back_populates="events")
 
@@ -172,3 +191,20 @@ class FulfillmentRequest(Base):
     )
     status: Mapped[str] = mapped_column(String(20), default="requested")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Attention(Base):
+    """Something about an order that a person (or the reconciliation job) must look at.
+
+    One row per ``(order, kind)``; ``resolved_at`` is set when it is dealt with.
+    """
+
+    __tablename__ = "order_attention"
+    __table_args__ = (UniqueConstraint("order_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

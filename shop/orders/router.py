@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from shop.deps import SessionDep
-from shop.errors import ERROR_RESPONSES, NotFound
+from shop.errors import ERROR_RESPONSES, ErrorOut, NotFound
 from shop.orders import service
 from shop.orders.schemas import OrderIn, OrderOut, ProductOut
 
@@ -16,8 +16,9 @@ router = APIRouter(prefix="/v1", tags=["storefront"], responses=ERROR_RESPONSES)
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255,
-           description="Repeat a checkout safely: the same key and body give the same order"),
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+           description="Repeat a checkout safely: the same key and body give the same order "
+                       "(printable ASCII, up to 255 characters)"),
 ]
 
 
@@ -36,7 +37,8 @@ def place_order(body: OrderIn, session: SessionDep, response: Response,
     return service.order_view(session, order=order)
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut)
+@router.get("/orders/{order_id}", response_model=OrderOut,
+            responses={404: {"model": ErrorOut, "description": "No such order"}})
 def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderOut:
     """One order with its lines, payment, failure and timeline."""
     try:

@@ -1,4 +1,8 @@
-"""The storefront and admin API's request and response bodies."""
+"""The storefront and admin API's request and response bodies.
+
+Every bound a column or the payment provider has is stated here, so it shows in the
+OpenAPI schema and bad input is a 422 naming the field, on SQLite and PostgreSQL alike.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,38 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+from shop.payments.currencies import MAX_AMOUNT, rule_for
+
 MAX_LINES = 100
 MAX_QUANTITY = 1000
+MAX_STOCK = 1_000_000_000
+
+
+def _plain_text(value: str) -> str:
+    """Refuse what no column can store: NUL characters and lone UTF-16 surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        raise ValueError("must be valid Unicode text")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True,
+                                       pattern=r"^[A-Za-z0-9._-]+$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+PaymentMethodId = Annotated[str, StringConstraints(
+    min_length=4, max_length=255, pattern=r"^pm_[A-Za-z0-9_]+$")]
 
 
 class Strict(BaseModel):
@@ -24,20 +54,21 @@ class LineIn(Strict):
 
 
 class AddressIn(Strict):
-    line1: str = Field(min_length=1, max_length=200)
-    line2: str | None = Field(default=None, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    postal_code: str = Field(min_length=1, max_length=20)
+    line1: Text = Field(min_length=1, max_length=200)
+    line2: Text | None = Field(default=None, max_length=200)
+    city: Text = Field(min_length=1, max_length=100)
+    postal_code: Text = Field(min_length=1, max_length=20)
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case")
 
 
 class OrderIn(Strict):
     """A checkout: no prices, the server has them."""
 
-    email: EmailStr = Field(max_length=320)
-    name: str = Field(min_length=1, max_length=200)
+    email: Annotated[EmailStr, AfterValidator(_plain_text)] = Field(max_length=320)
+    name: Text = Field(min_length=1, max_length=200)
     lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
-    payment_method: str = Field(min_length=1, max_length=255)
+    payment_method: PaymentMethodId = Field(
+        description="the payment provider's payment-method id, e.g. pm_card_visa")
     shipping_address: AddressIn
 
     @field_validator("lines")
@@ -60,10 +91,17 @@ class ProductOut(BaseModel):
 
 
 class ProductIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    price: int = Field(ge=0, strict=True, description="minor units")
-    currency: Currency
-    stock: int = Field(ge=0, strict=True, description="on-hand units")
+    name: Text = Field(min_length=1, max_length=200)
+    price: int = Field(ge=0, le=MAX_AMOUNT, strict=True, description="minor units")
+    currency: Currency = Field(description="ISO 4217, upper case, one the provider accepts")
+    stock: int = Field(ge=0, le=MAX_STOCK, strict=True, description="on-hand units")
+
+    @field_validator("currency")
+    @classmethod
+    def _accepted(cls, currency: str) -> str:
+        if rule_for(currency) is None:
+            raise ValueError(f"the payment provider does not accept {currency}")
+        return currency
 
 
 class LineOut(BaseModel):
@@ -78,13 +116,16 @@ class PaymentOut(BaseModel):
     status: str
     provider: str
     reference: str | None
-    client_secret: str | None = None
+    client_secret: str | None = Field(
+        default=None, description="only while the order is requires_action (3-D Secure)")
+    amount_captured: int | None = None
+    amount_refunded: int | None = None
 
 
 class FailureOut(BaseModel):
     step: str
     reason: str
-    message: str
+    message: str = Field(description="written for the customer")
 
 
 class FulfillmentOut(BaseModel):
@@ -112,17 +153,3 @@ class OrderOut(BaseModel):
     events: list[EventOut]
     created_at: dt.datetime
     updated_at: dt.datetime
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-    type: str
-
-
-class ErrorOut(BaseModel):
-    """Every error the API answers has this shape."""
-
-    error: str = Field(description="a stable code, e.g. validation_failed, not_found")
-    message: str
-    fields: list[FieldError] = Field(default_factory=list)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from shop.db import utcnow
+from shop.db import insert_for, utcnow
+from shop.errors import FieldProblem, InvalidRequest
 from shop.orders import workflow
 from shop.orders.models import FulfillmentRequest, IdempotencyKey, Order, OrderLine, Product
 from shop.orders.schemas import (
@@ -27,22 +26,9 @@ from shop.orders.schemas import (
     ProductOut,
 )
 from shop.orders.states import Stage
-from shop.payments.models import Payment
-
-
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    field: str
-    message: str
-    type: str
-
-
-class InvalidRequest(Exception):
-    """Input that is well-formed but wrong (unknown SKU, mixed currencies, …)."""
-
-    def __init__(self, problems: Sequence[FieldProblem]) -> None:
-        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
-        self.problems = list(problems)
+from shop.payments import service as payments
+from shop.payments.currencies import amount_problem
+from shop.payments.models import PaymentStatus
 
 
 class IdempotencyConflict(InvalidRequest):
@@ -126,6 +112,10 @@ def _build_order(session: Session, *, data: OrderIn) -> Order:
         for line in data.lines
     ]
     subtotal = sum(line.line_total for line in lines)
+    problem = amount_problem(subtotal, currency)
+    if problem is not None:
+        raise InvalidRequest([FieldProblem("lines", f"the order total {subtotal} {currency} is "
+                                                    f"{problem}", "amount_out_of_range")])
     now = utcnow()
     order = Order(
         id=uuid.uuid4(), stage=Stage.PLACED, status=Stage.PLACED.status, payment_attempt=1,
@@ -151,9 +141,7 @@ def get_order(session: Session, *, order_id: uuid.UUID) -> Order:
 
 def order_view(session: Session, *, order: Order) -> OrderOut:
     """The contract's JSON shape of an order."""
-    payment = session.scalar(
-        select(Payment).where(Payment.order_id == order.id).order_by(Payment.attempt.desc())
-    )
+    payment = payments.latest_attempt(session, order_id=order.id)
     fulfillment = session.scalar(
         select(FulfillmentRequest).where(FulfillmentRequest.order_id == order.id)
     )
@@ -167,8 +155,11 @@ def order_view(session: Session, *, order: Order) -> OrderOut:
         lines=[LineOut(sku=x.sku, name=x.name, quantity=x.quantity, unit_price=x.unit_price,
                        line_total=x.line_total) for x in order.lines],
         payment=None if payment is None else PaymentOut(
-            status=payment.status, provider=payment.provider, reference=payment.reference,
-            client_secret=payment.client_secret if order.status == "requires_action" else None),
+            status=PaymentStatus(payment.status).public, provider=payment.provider,
+            reference=payment.reference,
+            client_secret=payment.client_secret if order.status == "requires_action" else None,
+            amount_captured=payment.amount_captured or None,
+            amount_refunded=payment.amount_refunded or None),
         failure=failure,
         fulfillment=None if fulfillment is None else FulfillmentOut(status=fulfillment.status),
         events=[EventOut(at=e.at, type=e.type, detail=e.detail) for e in order.events],
@@ -186,18 +177,31 @@ def list_products(session: Session) -> list[ProductOut]:
 
 
 def put_product(session: Session, *, sku: str, data: ProductIn) -> tuple[ProductOut, bool]:
-    """Create or update a product; returns it and whether it was created."""
-    product = session.get(Product, sku, with_for_update=True)
-    created = product is None
-    if product is None:
-        product = Product(sku=sku, reserved=0)
-        session.add(product)
-    elif data.stock < product.reserved:
-        raise InvalidRequest([FieldProblem(
-            "stock", f"{product.reserved} units are reserved by orders; stock cannot go below",
-            "below_reserved")])
-    product.name, product.price, product.currency = data.name, data.price, data.currency
-    product.on_hand = data.stock
+    """Create or update a product; returns it and whether it was created.
+
+    An upsert: two concurrent first PUTs of one SKU both succeed (one creates, the
+    other updates), instead of the second hitting the primary key.
+    """
+    now = utcnow()
+    values = {"name": data.name, "price": data.price, "currency": data.currency,
+              "on_hand": data.stock, "updated_at": now}
+    created = session.execute(
+        insert_for(session, Product.__table__)  # type: ignore[arg-type]
+        .values(sku=sku, reserved=0, created_at=now, **values)
+        .on_conflict_do_nothing(index_elements=["sku"])  # type: ignore[attr-defined]
+        .returning(Product.sku)).scalar() is not None
+    if not created:
+        updated = session.execute(
+            update(Product).where(Product.sku == sku, Product.reserved <= data.stock)
+            .values(**values).returning(Product.sku)).scalar()
+        if updated is None:
+            reserved = session.scalar(select(Product.reserved).where(Product.sku == sku))
+            session.rollback()
+            raise InvalidRequest([FieldProblem(
+                "stock", f"{reserved} units are reserved by orders; stock cannot go below",
+                "below_reserved")])
+    product = session.scalars(select(Product).where(Product.sku == sku)
+                              .execution_options(populate_existing=True)).one()
     session.commit()
     return ProductOut(sku=sku, name=product.name, price=product.price,
                       currency=product.currency, available=product.available), created

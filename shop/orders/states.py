@@ -97,6 +97,32 @@ TRANSITIONS: dict[tuple[Stage, Event], Stage] = {
 }
 
 
+# What the customer reads for each failure reason (``failure.message``). A card's own
+# decline text from the provider is shown instead when there is one; internal details
+# (exception text, provider messages about our requests) go to logs and the admin API.
+CUSTOMER_MESSAGES: dict[str, str] = {
+    "out_of_stock": "Some items in your order are out of stock.",
+    "card_declined": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "expired_card": "Your card has expired.",
+    "incorrect_cvc": "Your card's security code is incorrect.",
+    "authentication_failed": "The payment could not be authenticated.",
+    "payment_cancelled": "The payment was cancelled.",
+    "payment_rejected": "The payment provider could not accept this payment.",
+    "payment_unavailable": "We could not reach the payment provider. No money was taken.",
+    "capture_failed": "The payment could not be completed. No money was taken.",
+    "timeout": "The order could not be completed in time. No money was taken.",
+}
+
+
+def customer_message(reason: str, provider_text: str | None = None) -> str:
+    """The customer's text for a failure ``reason`` (a card decline may bring its own)."""
+    if provider_text and reason in ("card_declined", "insufficient_funds", "expired_card",
+                                    "incorrect_cvc", "authentication_failed"):
+        return provider_text
+    return CUSTOMER_MESSAGES.get(reason, "The order could not be completed.")
+
+
 class IllegalTransition(Exception):
     """An event that the table does not allow from the order's current stage."""
 

@@ -1,14 +1,16 @@
-"""The workflow's step use cases (split from ``service.py`` to keep modules small).
+"""The workflow's step use cases, and what each does when its task gives up.
 
-Each is safe to run twice, concurrently, or again after a crash at any line:
-it reloads the order and returns at once unless the order is at its stage.
-Steps that call the payment provider first take a short lease on the order, so two
-copies of one message do not both talk to the provider; the lease ends by itself.
+Each is safe to run twice, concurrently, or again after a crash at any line: it
+reloads the order and returns at once unless the order is at its stage. Steps that
+call the payment provider first take a short lease on the order (committed on its
+own), call the provider outside any transaction, then commit the outcome: the
+lease's commit and the payment module's own small commits are the deliberate extra
+commits of this module. The lease ends with the outcome's commit, or at once if the
+call fails, or by itself when it runs out.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,41 +21,55 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shop.db import utcnow
-from shop.messaging.service import enqueue_event, enqueue_task
+from shop.db import db_now
+from shop.exceptions import BusyError
+from shop.messaging.service import enqueue_event
 from shop.notifications.mailer import Mailer
 from shop.notifications.service import send_notification
+from shop.orders import attention
 from shop.orders.models import FulfillmentRequest, Order
 from shop.orders.states import Event, Stage, Step
-from shop.orders.workflow import advance, load, release_lines, reserve_lines, shortages
+from shop.orders.workflow import (
+    NEXT_AFTER,
+    TaskName,
+    advance,
+    fail,
+    load,
+    reserve_lines,
+    shortages,
+)
 from shop.payments import service as payments
-from shop.payments.gateway import PaymentGateway
-from shop.payments.models import Payment, PaymentStatus
+from shop.payments.gateway import CALL_TIMEOUT, MAX_CALLS_PER_STEP, PaymentGateway
+from shop.payments.models import Payment
+from shop.payments.service import Outcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CONFIRMATION_KIND = "order_confirmation"
 EVENTS_EXCHANGE = "shop.events"
 FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
-VOID_TASK = "shop.payments.void_payment"
-LEASE_SECONDS = 30.0  # above the payment tasks' hard time limit (25 s)
+# A payment step's provider calls fit in its soft time limit, which is below the hard
+# limit, which is below the lease: a lease never runs out under a live call.
+PAYMENT_SOFT_LIMIT = MAX_CALLS_PER_STEP * CALL_TIMEOUT + 5
+PAYMENT_HARD_LIMIT = PAYMENT_SOFT_LIMIT + 5
+LEASE_SECONDS = PAYMENT_HARD_LIMIT + 5
 EMAIL_LEASE_SECONDS = 75.0  # above the tasks' hard time limit (60 s): a send cannot outlive it
 
 
-class OrderBusy(Exception):
+class OrderBusy(BusyError):
     """Another copy of a step holds the order's lease; try again shortly."""
 
 
 def claim_lease(session: Session, *, order_id: uuid.UUID, owner: str,
                 seconds: float = LEASE_SECONDS) -> None:
-    """Take the order's lease (or ``OrderBusy``); committed at once."""
-    now = utcnow()
+    """Take the order's lease (or ``OrderBusy``); committed at once, on the database's clock."""
     taken = session.execute(
         update(Order)
         .where(Order.id == order_id,
-               or_(Order.lease_until.is_(None), Order.lease_until < now,
+               or_(Order.lease_until.is_(None), Order.lease_until < db_now(),
                    Order.lease_owner == owner))
-        .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds))
+        .values(lease_owner=owner, lease_until=db_now(seconds))
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -69,13 +85,18 @@ def leased(session: Session, *, order_id: uuid.UUID, owner: str) -> Iterator[Non
         yield
     except BaseException:
         session.rollback()
-        session.execute(
-            update(Order).where(Order.id == order_id, Order.lease_owner == owner)
-            .values(lease_owner=None, lease_until=None)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+        end_lease(session, order_id=order_id, owner=owner)
         raise
+
+
+def end_lease(session: Session, *, order_id: uuid.UUID, owner: str) -> None:
+    """Give the lease back (committed), if ``owner`` still holds it."""
+    session.execute(
+        update(Order).where(Order.id == order_id, Order.lease_owner == owner)
+        .values(lease_owner=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def _end_lease(order: Order) -> None:
@@ -106,7 +127,10 @@ def _with_provider(
         result = call(payment)
     session.expire_all()
     fresh = _at(session, order_id=order.id, stage=stage)
-    return None if fresh is None else (fresh, payment, result)
+    if fresh is None:
+        end_lease(session, order_id=order.id, owner=owner)
+        return None
+    return fresh, payment, result
 
 
 def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
@@ -116,8 +140,8 @@ def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
         return
     short = shortages(session, order=order)
     if short:
-        advance(session, order=order, event=Event.INVENTORY_SHORT, detail={"skus": short},
-                failure=(Step.INVENTORY, "out_of_stock", f"Not enough stock: {', '.join(short)}"))
+        fail(session, order=order, step=Step.INVENTORY, reason="out_of_stock",
+             event=Event.INVENTORY_SHORT, detail={"skus": short})
     else:
         advance(session, order=order, event=Event.INVENTORY_CONFIRMED)
     session.commit()
@@ -125,7 +149,7 @@ def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
 
 def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                    owner: str) -> None:
-    """Authorize the order's total (manual capture); a decline fails the order."""
+    """Authorize the order's total (manual capture); a decline or refusal fails the order."""
     order = _at(session, order_id=order_id, stage=Stage.IN_STOCK)
     if order is None:
         return
@@ -136,19 +160,16 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
     if outcome is None:
         return
     order, _, result = outcome
+    payments.record(session, result=result)
     detail = {"reference": result.reference, "attempt": order.payment_attempt}
-    if result.outcome is payments.Outcome.AUTHORIZED:
-        payments.record(session, payment_id=result.payment_id, status=PaymentStatus.AUTHORIZED)
+    if result.outcome is Outcome.AUTHORIZED:
         advance(session, order=order, event=Event.PAYMENT_AUTHORIZED, detail=detail)
-    elif result.outcome is payments.Outcome.REQUIRES_ACTION:
-        payments.record(session, payment_id=result.payment_id,
-                        status=PaymentStatus.REQUIRES_ACTION)
+    elif result.outcome is Outcome.REQUIRES_ACTION:
         advance(session, order=order, event=Event.PAYMENT_REQUIRES_ACTION, detail=detail)
     else:
-        payments.record(session, payment_id=result.payment_id, status=PaymentStatus.FAILED,
-                        decline_code=result.reason)
-        advance(session, order=order, event=Event.PAYMENT_FAILED, detail=detail,
-                failure=(Step.PAYMENT, result.reason or "card_declined", result.message or ""))
+        fail(session, order=order, step=Step.PAYMENT, reason=result.reason or "card_declined",
+             provider_text=result.message, error=result.detail, event=Event.PAYMENT_FAILED,
+             detail=detail)
     _end_lease(order)
     session.commit()
 
@@ -166,9 +187,8 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
     order = _at(session, order_id=order_id, stage=Stage.AUTHORIZED)
     if order is None:
         return
-    _void_later(session, order=order)
-    advance(session, order=order, event=Event.STOCK_SHORT,
-            failure=(Step.RESERVATION, "out_of_stock", "Stock ran out before it was reserved"))
+    fail(session, order=order, step=Step.RESERVATION, reason="out_of_stock",
+         event=Event.STOCK_SHORT)
     session.commit()
 
 
@@ -183,20 +203,27 @@ def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGa
                              payments.capture(payment=p, amount=total, gateway=gateway))
     if outcome is None:
         return
-    order, payment, state = outcome
-    detail = {"reference": state.reference, "amount": state.amount_received}
-    if state.status == "succeeded":
-        payments.record(session, payment_id=payment.id, status=PaymentStatus.CAPTURED)
-        advance(session, order=order, event=Event.PAYMENT_CAPTURED, detail=detail)
-    else:
-        release_lines(session, order=order)
-        _void_later(session, order=order)
-        payments.record(session, payment_id=payment.id, status=PaymentStatus.FAILED)
-        advance(session, order=order, event=Event.PAYMENT_FAILED, detail=detail, failure=(
-            Step.PAYMENT, "capture_failed", f"The authorization could not be captured "
-            f"(intent is {state.status})"))
+    order, _, result = outcome
+    settle_capture(session, order=order, result=result)
     _end_lease(order)
     session.commit()
+
+
+def settle_capture(session: Session, *, order: Order, result: payments.Result) -> None:
+    """Follow what the provider says of a reserved order's money (the caller commits)."""
+    payments.record(session, result=result)
+    attention.resolve(session, order_id=order.id, kind=attention.Kind.PAYMENT_UNKNOWN)
+    detail = {"reference": result.reference, "amount": result.captured}
+    if result.outcome is Outcome.CAPTURED:
+        advance(session, order=order, event=Event.PAYMENT_CAPTURED, detail=detail)
+    elif result.outcome is Outcome.AUTHORIZED:  # never captured: let the authorization go
+        fail(session, order=order, step=Step.PAYMENT, reason="payment_unavailable",
+             error="the capture did not happen; the authorization is cancelled",
+             event=Event.PAYMENT_FAILED, detail=detail)
+    else:
+        fail(session, order=order, step=Step.PAYMENT, reason="capture_failed",
+             error=f"the authorization could not be captured ({result.outcome})",
+             event=Event.PAYMENT_FAILED, detail=detail)
 
 
 def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
@@ -214,7 +241,7 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
                   for x in order.lines],
     }}
     sent = send_notification(
-        session, key=f"order_confirmation:{order.id}", kind="order_confirmation",
+        session, key=f"{CONFIRMATION_KIND}:{order.id}", kind=CONFIRMATION_KIND,
         order_id=order.id, recipients=[order.email],
         template="notifications/order_confirmation", context=context, mailer=mailer,
         sender=sender, lease_seconds=EMAIL_LEASE_SECONDS)
@@ -222,6 +249,7 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
         order = load(session, order_id=order_id)
         assert order is not None
         order.record("email.confirmation_sent", detail={"to": order.email})
+        attention.resolve(session, order_id=order_id, kind=attention.Kind.EMAIL_FAILED)
         session.commit()
 
 
@@ -244,36 +272,121 @@ def request_fulfillment(session: Session, *, order_id: uuid.UUID) -> None:
                       "shipping_address": order.shipping_address,
                   })
     order.record("fulfillment.requested", detail={"message_id": str(request.id)})
+    attention.resolve(session, order_id=order_id, kind=attention.Kind.FULFILLMENT_FAILED)
     try:
         session.commit()
     except IntegrityError:  # a concurrent copy recorded it first
         session.rollback()
 
 
-def fail_step(session: Session, *, order_id: uuid.UUID, step: Step, reason: str,
-              message: str) -> bool:
-    """Stop an order whose step cannot go on: no stock held, no money kept."""
+def release_payment(session: Session, *, order_id: uuid.UUID, attempt: int,
+                    gateway: PaymentGateway, owner: str) -> bool:
+    """Compensation's provider half: cancel or refund what an attempt holds.
+
+    Does nothing while the order still wants that attempt (an admin retried it and is
+    using the authorization), or when the attempt holds nothing. True if it released.
+    """
     order = load(session, order_id=order_id)
-    if order is None or order.current_stage.terminal:
+    if order is None or _wants(order, attempt):
         return False
-    if order.current_stage is Stage.RESERVED:
-        release_lines(session, order=order)
-    if order.current_stage is not Stage.PLACED:
-        _void_later(session, order=order)
-    advance(session, order=order, event=Event.STEP_FAILED, failure=(step, reason, message))
+    payment = payments.find_attempt(session, order_id=order_id, attempt=attempt)
+    if payment is None or not payments.unsettled(payment):
+        return False
+    session.commit()
+    with leased(session, order_id=order_id, owner=owner):
+        result = payments.release(payment=payment, gateway=gateway)
+    session.expire_all()
+    order = load(session, order_id=order_id)
+    assert order is not None
+    if _wants(order, attempt):  # retried meanwhile: leave the money to the new run
+        end_lease(session, order_id=order_id, owner=owner)
+        return False
+    record = payments.record(session, result=result)
+    order.record(f"payment.{record.status}", detail={"reference": result.reference},
+                 internal={"attempt": attempt, "refunded": result.refunded})
+    attention.resolve(session, order_id=order_id, kind=attention.Kind.RELEASE_FAILED)
     _end_lease(order)
     session.commit()
     return True
 
 
-def _void_later(session: Session, *, order: Order) -> None:
-    enqueue_task(session, name=VOID_TASK,
-                 kwargs={"order_id": str(order.id), "attempt": order.payment_attempt})
+def _wants(order: Order, attempt: int) -> bool:
+    """Whether the order still counts on this payment attempt."""
+    return attempt == order.payment_attempt and order.current_stage not in (
+        Stage.FAILED, Stage.CANCELLED)
 
 
-def note_problem(session: Session, *, order_id: uuid.UUID, type_: str, message: str) -> None:
-    """Put a problem on a confirmed order's timeline without changing its status."""
+def fail_step(session: Session, *, order_id: uuid.UUID, step: Step, reason: str,
+              message: str) -> bool:
+    """Stop an order whose step cannot go on: no stock held, no money kept.
+
+    ``message`` is the internal reason (for admins); the customer reads the reason's text.
+    """
+    order = load(session, order_id=order_id)
+    if order is None or order.current_stage.terminal:
+        return False
+    fail(session, order=order, step=step, reason=reason, error=message)
+    _end_lease(order)
+    session.commit()
+    return True
+
+
+def hold_for_reconciliation(session: Session, *, order_id: uuid.UUID, error: str) -> None:
+    """A capture whose outcome is unknown: keep the order (and its stock) as it is, and
+    let reconciliation ask the provider until it says what happened."""
+    order = _at(session, order_id=order_id, stage=Stage.RESERVED)
+    if order is None:
+        return
+    attention.flag(session, order_id=order_id, kind=attention.Kind.PAYMENT_UNKNOWN,
+                   message="The capture's outcome is unknown; reconciliation keeps asking "
+                           "the payment provider")
+    order.record("payment.outcome_unknown", internal={"error": error})
+    session.commit()
+
+
+def give_up(session: Session, *, task: TaskName, order_id: uuid.UUID, error: str,
+            owner: str, attempt: int | None = None) -> None:
+    """What each task does when its attempts run out: fail, hold, or flag for a person.
+
+    Payment decisions wait for the order's lease, so a give-up cannot race a call that
+    is still in flight (``OrderBusy`` retries it shortly).
+    """
+    log.warning("%s gave up on order %s: %s", task, order_id, error)
+    stage = STAGE_OF_TASK.get(task)
+    if stage is not None and _at(session, order_id=order_id, stage=stage) is None:
+        return  # the order moved on meanwhile: nothing to give up
+    session.commit()
+    if task is TaskName.CAPTURE_PAYMENT:
+        with leased(session, order_id=order_id, owner=owner):
+            hold_for_reconciliation(session, order_id=order_id, error=error)
+        end_lease(session, order_id=order_id, owner=owner)
+        return
+    if task in _FAILS:
+        step, reason = _FAILS[task]
+        with leased(session, order_id=order_id, owner=owner):
+            if _at(session, order_id=order_id, stage=stage) is not None:  # type: ignore[arg-type]
+                fail_step(session, order_id=order_id, step=step, reason=reason, message=error)
+        end_lease(session, order_id=order_id, owner=owner)
+        return
+    kind, what = _FLAGS[task]
+    attention.flag(session, order_id=order_id, kind=kind, message=f"{what}: {error}"[:500])
     order = load(session, order_id=order_id)
     if order is not None:
-        order.record(type_, detail={"message": message})
-        session.commit()
+        order.record(f"{kind}", internal={"error": error, "attempt": attempt})
+    session.commit()
+
+
+STAGE_OF_TASK: dict[TaskName, Stage] = {
+    task: stage for stage, tasks in NEXT_AFTER.items() if not stage.terminal for task in tasks}
+_FAILS: dict[TaskName, tuple[Step, str]] = {
+    TaskName.CHECK_INVENTORY: (Step.INVENTORY, "timeout"),
+    TaskName.CHARGE_PAYMENT: (Step.PAYMENT, "payment_unavailable"),
+    TaskName.RESERVE_STOCK: (Step.RESERVATION, "timeout"),
+}
+_FLAGS: dict[TaskName, tuple[attention.Kind, str]] = {
+    TaskName.SEND_CONFIRMATION: (attention.Kind.EMAIL_FAILED, "the confirmation email failed"),
+    TaskName.REQUEST_FULFILLMENT: (attention.Kind.FULFILLMENT_FAILED,
+                                   "the warehouse request failed"),
+    TaskName.RELEASE_PAYMENT: (attention.Kind.RELEASE_FAILED,
+                               "the payment could not be released at the provider"),
+}

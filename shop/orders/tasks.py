@@ -1,4 +1,4 @@
-"""The order workflow's tasks: ids in, one step called, errors mapped in ``shop.tasks``."""
+"""The order workflow's tasks: ids in, one step called, errors mapped by ``run_step``."""
 
 from __future__ import annotations
 
@@ -11,77 +11,82 @@ from sqlalchemy.orm import Session
 from shop.celery import app
 from shop.config import get_settings
 from shop.notifications.mailer import build_mailer
-from shop.orders import steps, workflow
-from shop.orders.states import Step
+from shop.orders import reconcile, steps, sweeper
+from shop.orders.workflow import TaskName
 from shop.payments.providers import get_gateway
-from shop.tasks import run_step, task_options
+from shop.task_runner import run_step, task_options
 
-PAYMENT_LIMITS = {"soft_time_limit": 20, "time_limit": 25}
-
-
-def _give_up(step: Step, reason: str, order_id: str, session: Session, exc: Exception) -> None:
-    steps.fail_step(session, order_id=uuid.UUID(order_id), step=step, reason=reason,
-                    message=f"{type(exc).__name__}: {exc}"[:500])
+PAYMENT_LIMITS = {"soft_time_limit": steps.PAYMENT_SOFT_LIMIT,
+                  "time_limit": steps.PAYMENT_HARD_LIMIT}
 
 
 def _owner(task: Task) -> str:
     return f"{task.request.id}:{task.request.retries}:{uuid.uuid4().hex[:8]}"
 
 
-@app.task(name="shop.orders.check_inventory", **task_options())
+def _give_up(task: Task, name: TaskName, order_id: str, session: Session, exc: Exception,
+             attempt: int | None = None) -> None:
+    steps.give_up(session, task=name, order_id=uuid.UUID(order_id), owner=_owner(task),
+                  error=f"{type(exc).__name__}: {exc}"[:500], attempt=attempt)
+
+
+@app.task(name=TaskName.CHECK_INVENTORY, **task_options())
 def check_inventory_task(self: Task, order_id: str) -> None:
     run_step(self, lambda s: steps.check_inventory(s, order_id=uuid.UUID(order_id)),
-             partial(_give_up, Step.INVENTORY, "timeout", order_id))
+             partial(_give_up, self, TaskName.CHECK_INVENTORY, order_id))
 
 
-@app.task(name="shop.orders.charge_payment", **task_options(**PAYMENT_LIMITS))
+@app.task(name=TaskName.CHARGE_PAYMENT, **task_options(**PAYMENT_LIMITS))
 def charge_payment_task(self: Task, order_id: str) -> None:
     gateway, owner = get_gateway(), _owner(self)
     run_step(self, lambda s: steps.charge_payment(s, order_id=uuid.UUID(order_id),
                                                   gateway=gateway, owner=owner),
-             partial(_give_up, Step.PAYMENT, "payment_unavailable", order_id))
+             partial(_give_up, self, TaskName.CHARGE_PAYMENT, order_id))
 
 
-@app.task(name="shop.orders.reserve_stock", **task_options())
+@app.task(name=TaskName.RESERVE_STOCK, **task_options())
 def reserve_stock_task(self: Task, order_id: str) -> None:
     run_step(self, lambda s: steps.reserve_stock(s, order_id=uuid.UUID(order_id)),
-             partial(_give_up, Step.RESERVATION, "timeout", order_id))
+             partial(_give_up, self, TaskName.RESERVE_STOCK, order_id))
 
 
-@app.task(name="shop.orders.capture_payment", **task_options(**PAYMENT_LIMITS))
+@app.task(name=TaskName.CAPTURE_PAYMENT, **task_options(**PAYMENT_LIMITS))
 def capture_payment_task(self: Task, order_id: str) -> None:
     gateway, owner = get_gateway(), _owner(self)
     run_step(self, lambda s: steps.capture_payment(s, order_id=uuid.UUID(order_id),
                                                    gateway=gateway, owner=owner),
-             partial(_give_up, Step.PAYMENT, "payment_unavailable", order_id))
+             partial(_give_up, self, TaskName.CAPTURE_PAYMENT, order_id))
 
 
-@app.task(name="shop.orders.send_confirmation", **task_options())
+@app.task(name=TaskName.SEND_CONFIRMATION, **task_options())
 def send_confirmation_task(self: Task, order_id: str) -> None:
     settings = get_settings()
     run_step(self, lambda s: steps.send_confirmation(
         s, order_id=uuid.UUID(order_id), mailer=build_mailer(settings),
-        sender=settings.mail_from), partial(_note_gave_up, "email.confirmation_failed", order_id))
+        sender=settings.mail_from), partial(_give_up, self, TaskName.SEND_CONFIRMATION, order_id))
 
 
-@app.task(name="shop.orders.request_fulfillment", **task_options())
+@app.task(name=TaskName.REQUEST_FULFILLMENT, **task_options())
 def request_fulfillment_task(self: Task, order_id: str) -> None:
     run_step(self, lambda s: steps.request_fulfillment(s, order_id=uuid.UUID(order_id)),
-             partial(_note_gave_up, "fulfillment.request_failed", order_id))
+             partial(_give_up, self, TaskName.REQUEST_FULFILLMENT, order_id))
 
 
-def _note_gave_up(event: str, order_id: str, session: Session, exc: Exception) -> None:
-    steps.note_problem(session, order_id=uuid.UUID(order_id), type_=event,
-                       message=f"{type(exc).__name__}: {exc}"[:500])
+@app.task(name=TaskName.RELEASE_PAYMENT, **task_options(**PAYMENT_LIMITS))
+def release_payment_task(self: Task, order_id: str, attempt: int) -> None:
+    gateway, owner = get_gateway(), _owner(self)
+    run_step(self, lambda s: steps.release_payment(
+        s, order_id=uuid.UUID(order_id), attempt=attempt, gateway=gateway, owner=owner),
+        partial(_give_up, self, TaskName.RELEASE_PAYMENT, order_id, attempt=attempt))
 
 
-STUCK_AFTER_SECONDS = 300.0
-
-
-@app.task(name="shop.orders.resume_stuck_orders", **task_options())
+@app.task(name=TaskName.RESUME_STUCK, **task_options())
 def resume_stuck_orders_task(self: Task) -> None:
-    run_step(self, lambda s: _resume(s), lambda _s, _e: None)
+    run_step(self, lambda s: sweeper.resume_stuck(s), lambda _s, _e: None)
 
 
-def _resume(session: Session) -> None:
-    workflow.resume_stuck(session, older_than=STUCK_AFTER_SECONDS)
+@app.task(name=TaskName.RECONCILE, **task_options(soft_time_limit=240, time_limit=270))
+def reconcile_payments_task(self: Task) -> None:
+    gateway = get_gateway()
+    run_step(self, lambda s: reconcile.reconcile(s, gateway=gateway, owner=_owner(self)),
+             lambda _s, _e: None)

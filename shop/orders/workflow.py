@@ -1,59 +1,80 @@
-"""The order workflow: its steps, and what each step's outcome sends next.
-
-The canvas is a chain into a group, written as data::
+"""The order workflow in one room: its tasks, what follows each stage, and how an order
+is undone.
 
     check_inventory -> charge_payment -> reserve_stock -> capture_payment
         -> { send_confirmation, request_fulfillment }
 
-Unlike a Celery ``chain``, the next message is written to the outbox in the same
-transaction as the state change that earns it. So a step re-run after a crash
-finds the order already moved and sends nothing, a duplicate delivery cannot fork
-the chain, and a crash between commit and publish loses nothing.
+The canvas is a chain into a group, written as data (``NEXT_AFTER``). Unlike a Celery
+``chain``, the next message is written to the outbox in the same transaction as the
+state change that earns it. So a step re-run after a crash finds the order already
+moved and sends nothing, a duplicate delivery cannot fork the chain, and a crash
+between commit and publish loses nothing.
 
-Every step is a use case: it reloads the order, does nothing unless the order is at
-its stage, and commits once at the end. Provider calls happen outside transactions.
+Every step is a use case (``steps.py``): it reloads the order, does nothing unless the
+order is at its stage, and commits once at the end. Undoing an order is one function,
+``compensate``; ``fail`` is compensation plus the failing transition.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Mapping
+from enum import StrEnum
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shop.db import utcnow
 from shop.messaging.service import enqueue_task
 from shop.orders.models import Order, Product
-from shop.orders.states import Event, Stage, Step
+from shop.orders.states import Event, Stage, Step, customer_message
+from shop.payments import service as payments
 
-TASK_PREFIX = "shop.orders"
-NEXT_AFTER: dict[Stage, tuple[str, ...]] = {
-    Stage.PLACED: ("check_inventory",),
-    Stage.IN_STOCK: ("charge_payment",),
-    Stage.AUTHORIZED: ("reserve_stock",),
-    Stage.RESERVED: ("capture_payment",),
-    Stage.CONFIRMED: ("send_confirmation", "request_fulfillment"),
+
+class TaskName(StrEnum):
+    """Every task of the order workflow: the one place its wire name is spelled."""
+
+    CHECK_INVENTORY = "shop.orders.check_inventory"
+    CHARGE_PAYMENT = "shop.orders.charge_payment"
+    RESERVE_STOCK = "shop.orders.reserve_stock"
+    CAPTURE_PAYMENT = "shop.orders.capture_payment"
+    SEND_CONFIRMATION = "shop.orders.send_confirmation"
+    REQUEST_FULFILLMENT = "shop.orders.request_fulfillment"
+    # Compensation's provider half; the 0.1 wire name is kept so queued messages still run.
+    RELEASE_PAYMENT = "shop.payments.void_payment"
+    RESUME_STUCK = "shop.orders.resume_stuck_orders"
+    RECONCILE = "shop.orders.reconcile_payments"
+
+    @property
+    def queue(self) -> str:
+        """The queue it runs on: payment calls, emails and the rest apart."""
+        return _QUEUE.get(self, "orders")
+
+
+_QUEUE: dict[TaskName, str] = {
+    TaskName.CHARGE_PAYMENT: "payments",
+    TaskName.CAPTURE_PAYMENT: "payments",
+    TaskName.RELEASE_PAYMENT: "payments",
+    TaskName.RECONCILE: "payments",
+    TaskName.SEND_CONFIRMATION: "notifications",
 }
-STEP_OF_TASK: dict[str, Step] = {
-    "check_inventory": Step.INVENTORY,
-    "charge_payment": Step.PAYMENT,
-    "reserve_stock": Step.RESERVATION,
-    "capture_payment": Step.PAYMENT,
-    "send_confirmation": Step.NOTIFICATION,
-    "request_fulfillment": Step.FULFILLMENT,
+
+NEXT_AFTER: dict[Stage, tuple[TaskName, ...]] = {
+    Stage.PLACED: (TaskName.CHECK_INVENTORY,),
+    Stage.IN_STOCK: (TaskName.CHARGE_PAYMENT,),
+    Stage.AUTHORIZED: (TaskName.RESERVE_STOCK,),
+    Stage.RESERVED: (TaskName.CAPTURE_PAYMENT,),
+    Stage.CONFIRMED: (TaskName.SEND_CONFIRMATION, TaskName.REQUEST_FULFILLMENT),
 }
-
-
-def task_name(step: str) -> str:
-    return f"{TASK_PREFIX}.{step}"
 
 
 def continue_from(session: Session, *, order: Order) -> None:
     """Enqueue (in the caller's transaction) the steps that follow the order's stage."""
-    for step in NEXT_AFTER.get(order.current_stage, ()):
-        enqueue_task(session, name=task_name(step), kwargs={"order_id": str(order.id)})
+    for task in NEXT_AFTER.get(order.current_stage, ()):
+        enqueue(session, task=task, order=order)
+
+
+def enqueue(session: Session, *, task: TaskName, order: Order, delay: float = 0) -> None:
+    enqueue_task(session, name=task, kwargs={"order_id": str(order.id)}, delay=delay)
 
 
 def start(session: Session, *, order: Order) -> None:
@@ -64,9 +85,11 @@ def start(session: Session, *, order: Order) -> None:
 def advance(
     session: Session, *, order: Order, event: Event,
     failure: tuple[Step, str, str] | None = None, detail: Mapping[str, object] | None = None,
+    internal: Mapping[str, object] | None = None, actor: str | None = None,
 ) -> None:
     """Apply ``event`` and enqueue what follows; the caller commits."""
-    order.apply(event, failure=failure, detail=dict(detail or {}))
+    order.apply(event, failure=failure, detail=dict(detail or {}),
+                internal=dict(internal) if internal else None, actor=actor)
     continue_from(session, order=order)
 
 
@@ -75,6 +98,39 @@ def load(session: Session, *, order_id: uuid.UUID, for_update: bool = False) -> 
     if for_update:
         query = query.with_for_update()
     return session.scalar(query)
+
+
+def compensate(session: Session, *, order: Order) -> None:
+    """Undo what the order holds: give back its reserved stock and release its payment.
+
+    The one place an order is undone (reservation shortfall, capture failure, giving
+    up, admin cancel, the provider cancelling). It joins the caller's transaction,
+    which also applies the failing or cancelling transition. Safe to repeat: stock is
+    released once (``stock_reserved``), and the payment release is a task that asks the
+    provider first and skips an attempt that holds nothing.
+    """
+    if order.stock_reserved:
+        release_lines(session, order=order)
+        order.stock_reserved = False
+    payment = payments.find_attempt(session, order_id=order.id, attempt=order.payment_attempt)
+    if payment is not None and payments.unsettled(payment):
+        enqueue_task(session, name=TaskName.RELEASE_PAYMENT,
+                     kwargs={"order_id": str(order.id), "attempt": order.payment_attempt})
+
+
+def fail(
+    session: Session, *, order: Order, step: Step, reason: str,
+    provider_text: str | None = None, error: str | None = None,
+    event: Event = Event.STEP_FAILED, detail: Mapping[str, object] | None = None,
+) -> None:
+    """Compensate and move the order to ``failed``; the caller commits.
+
+    The customer reads a message for ``reason``; ``error`` is kept for admins and logs.
+    """
+    compensate(session, order=order)
+    advance(session, order=order, event=event, detail=detail,
+            failure=(step, reason, customer_message(reason, provider_text)),
+            internal={"error": error} if error else None)
 
 
 def shortages(session: Session, *, order: Order) -> list[str]:
@@ -95,36 +151,14 @@ def reserve_lines(session: Session, *, order: Order) -> bool:
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return False
+    order.stock_reserved = True
     return True
 
 
 def release_lines(session: Session, *, order: Order) -> None:
-    """Give back the order's reserved units, in SKU order."""
+    """Give back the order's reserved units, in SKU order (only ``compensate`` calls it)."""
     for line in sorted(order.lines, key=lambda x: x.sku):
         session.execute(
             update(Product).where(Product.sku == line.sku)
             .values(reserved=Product.reserved - line.quantity)
         )
-
-
-STUCK_STAGES = (Stage.PLACED, Stage.IN_STOCK, Stage.AUTHORIZED, Stage.RESERVED)
-
-
-def resume_stuck(session: Session, *, older_than: float, limit: int = 500) -> int:
-    """Re-send the next step of orders that have not moved for ``older_than`` seconds.
-
-    A safety net for messages lost outside the broker's guarantees (the embedded
-    broker has no acknowledgements; a dead-lettered step leaves its order waiting).
-    Steps are idempotent, so a resend to an order that is in fact moving is harmless.
-    """
-    cutoff = utcnow() - dt.timedelta(seconds=older_than)
-    stuck = session.scalars(
-        select(Order).where(Order.stage.in_(STUCK_STAGES), Order.updated_at < cutoff)
-        .order_by(Order.updated_at).limit(limit)
-    ).all()
-    for order in stuck:
-        order.record("workflow.resumed", detail={"stage": order.stage})
-        order.updated_at = utcnow()
-        continue_from(session, order=order)
-    session.commit()
-    return len(stuck)

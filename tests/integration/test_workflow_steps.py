@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shop.messaging.models import OutboxMessage
-from shop.orders import steps, workflow
+from shop.orders import steps, sweeper, workflow
 from shop.orders.models import FulfillmentRequest, Order, Product
 from shop.payments.gateway import PaymentTransientError
 from shop.payments.models import Payment
@@ -144,9 +144,11 @@ def test_stock_gone_at_reservation_fails_the_order_and_voids_the_authorization(
     assert (lost.status, lost.failure_step, lost.failure_reason) == (
         "failed", "reservation", "out_of_stock")
     assert queued(session)[-1] == "shop.payments.void_payment"
-    from shop.payments import service as payments
-
-    assert payments.void(session, order_id=second.id, attempt=1, gateway=gateway) == "canceled"
+    assert steps.release_payment(session, order_id=second.id, attempt=1, gateway=gateway,
+                                 owner="release")
+    voided = session.scalar(select(Payment).where(Payment.order_id == second.id))
+    assert voided is not None
+    assert gateway.intents[str(voided.reference)].status == "canceled"
     assert session.get(Product, "MUG-BLUE").reserved == 2  # type: ignore[union-attr]
 
 
@@ -179,7 +181,7 @@ def test_giving_up_on_a_reserved_order_releases_stock_and_voids(
 def test_stuck_orders_get_their_next_step_sent_again(session: Session) -> None:
     mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
     order = placed_order(mug)
-    assert workflow.resume_stuck(session, older_than=3600) == 0
-    assert workflow.resume_stuck(session, older_than=0) == 1
+    assert sweeper.resume_stuck(session, older_than=3600) == 0
+    assert sweeper.resume_stuck(session, older_than=0) == 1
     assert queued(session) == ["shop.orders.check_inventory"] * 2
     assert reload(session, order.id).events[-1].type == "workflow.resumed"

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 
-import shop.orders.tasks
-import shop.payments.tasks  # noqa: F401  (registers the tasks)
-from shop import tasks
+import shop.orders.tasks  # noqa: F401  (registers the tasks)
+from shop import task_runner as tasks
 from shop.celery import ROUTES, app
 from shop.orders.steps import OrderBusy
 from shop.payments.gateway import PaymentTransientError
@@ -52,6 +51,7 @@ class Retried(Exception):
 class Request:
     id: str = "msg-1"
     retries: int = 0
+    delivery_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,8 +118,9 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(
         counts: dict[str, int]) -> None:
     gave_up: list[Exception] = []
     counts["msg-1:0"] = 10  # ten earlier starts of this very delivery
+    redelivered = FakeTask(request=Request(delivery_info={"redelivered": True}))
     with pytest.raises(Reject) as rejected:
-        tasks.run_step(FakeTask(), lambda _: None,  # type: ignore[arg-type]
+        tasks.run_step(redelivered, lambda _: None,  # type: ignore[arg-type]
                        lambda _s, e: gave_up.append(e))
     assert rejected.value.requeue is False
     assert len(gave_up) == 1
