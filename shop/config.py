@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 VAR_DIR = Path("var")
+MIN_ADMIN_TOKEN = 16
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, reprs and messages)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+    if parsed.password is None:
+        return url
+    return parsed.render_as_string(hide_password=True)
 
 
 class Settings(BaseSettings):
@@ -28,6 +42,7 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     dummy_payment_latency_ms: int = Field(default=0, ge=0)
+    payment_faults: Path | None = None
 
     smtp_url: SecretStr | None = None
     mail_from: str = "shop@localhost"
@@ -53,6 +68,30 @@ class Settings(BaseSettings):
         self.broker_url = self.broker_url or f"filesystem://{self.data_dir}/broker"
         self.mail_dir = self.mail_dir or self.data_dir / "mail"
         return self
+
+    def __repr_args__(self) -> Any:
+        """Settings print without the passwords inside the database and broker URLs."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in ("database_url", "broker_url") else value
+
+    @field_validator("admin_token", "stripe_webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """``SHOP_ADMIN_TOKEN=`` (an unset variable substituted) means not set, not ""."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"SHOP_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters "
+                             "(generate one with: python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(24))')")
+        return value
 
     @property
     def mail_path(self) -> Path:

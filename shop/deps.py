@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException
+from fastapi import Depends, HTTPException
+from fastapi.security import (
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 from sqlalchemy.orm import Session
 
 from shop.config import Settings, get_settings
 from shop.db import session_scope
+
+API_ACTOR = "api"
 
 
 def get_session() -> Iterator[Session]:
@@ -23,31 +29,31 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-
-def _presented_token(authorization: str) -> str | None:
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return decoded.partition(":")[2]
-    return None
+_bearer = HTTPBearer(auto_error=False, scheme_name="adminToken",
+                     description="`Authorization: Bearer $SHOP_ADMIN_TOKEN`")
+_basic = HTTPBasic(auto_error=False, scheme_name="adminBasic", realm="shop admin",
+                   description="Any user name, with `SHOP_ADMIN_TOKEN` as the password "
+                               "(for the browser pages)")
 
 
 def require_admin(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None,
-) -> None:
-    """Bearer (or Basic, any user) ``SHOP_ADMIN_TOKEN``, compared in constant time."""
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+) -> str:
+    """Bearer (or Basic, any user) ``SHOP_ADMIN_TOKEN``, compared in constant time.
+
+    Returns who is acting: the Basic user name, or ``api`` for the bearer token.
+    """
     if settings.admin_token is None:
         raise HTTPException(503, "admin API disabled: SHOP_ADMIN_TOKEN is not set")
-    token = _presented_token(authorization or "")
-    expected = settings.admin_token.get_secret_value()
-    if token is None or not secrets.compare_digest(token.encode(), expected.encode()):
+    expected = settings.admin_token.get_secret_value().encode()
+    presented, actor = (bearer.credentials, API_ACTOR) if bearer is not None else (
+        (basic.password, basic.username or "admin") if basic is not None else (None, ""))
+    if presented is None or not secrets.compare_digest(presented.encode(), expected):
         raise HTTPException(401, "missing or wrong admin token",
                             headers={"WWW-Authenticate": 'Bearer, Basic realm="shop admin"'})
+    return actor[:100]
 
 
-AdminDep = Annotated[None, Depends(require_admin)]
+AdminDep = Annotated[str, Depends(require_admin)]

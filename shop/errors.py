@@ -1,32 +1,67 @@
 """The API's error shape and handlers: every error is ``ErrorOut`` JSON, never a 500 for input.
 
     ShopHTTPError
-    └── NotFound            404
-    InvalidRequest (orders.service)   422, names each field
+    ├── NotFound            404
+    └── Conflict            409
+    InvalidRequest          422, names each field (raised by use cases)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from shop.orders.schemas import ErrorOut, FieldError
-from shop.orders.service import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": text}
-    for status, text in {400: "Bad request", 401: "Missing or wrong admin token",
-                         404: "Not found", 413: "Body too large",
-                         422: "Invalid input; `fields` names each problem",
-                         503: "A dependency is down or a feature is not configured"}.items()
-}
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers has this shape."""
+
+    error: str = Field(description="a stable code, e.g. validation_failed, not_found")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    field: str
+    message: str
+    type: str
+
+
+class InvalidRequest(Exception):
+    """Input that is well-formed but wrong (unknown SKU, mixed currencies, …)."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = list(problems)
+
+
+def _responses(**texts: str) -> dict[int | str, dict[str, Any]]:
+    return {int(code.removeprefix("s")): {"model": ErrorOut, "description": text}
+            for code, text in texts.items()}
+
+
+# What every route may answer, and what the admin routes add.
+ERROR_RESPONSES = _responses(
+    s422="Invalid input, or a body over 64 KiB; `fields` names each problem")
+ADMIN_RESPONSES = _responses(
+    s401="Missing or wrong admin token",
+    s503="The admin API is disabled: SHOP_ADMIN_TOKEN is not set")
 CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "too_large", 503: "unavailable"}
 
@@ -43,6 +78,11 @@ class ShopHTTPError(Exception):
 class NotFound(ShopHTTPError):
     status = 404
     code = "not_found"
+
+
+class Conflict(ShopHTTPError):
+    status = 409
+    code = "conflict"
 
 
 def error_response(status: int, code: str, message: str,
