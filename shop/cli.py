@@ -17,7 +17,7 @@ from shop.config import get_settings
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from shop.schema import upgrade
+    from shop.migrations import upgrade
 
     upgrade()
     print("database is at the latest schema")
