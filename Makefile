@@ -1,14 +1,18 @@
 # Everyday entry points. Each creates .venv if missing and (re)installs the
-# project when pyproject.toml is newer than the last install.
+# project when pyproject.toml or the lock is newer than the last install.
+# Dependencies come from requirements/lock.txt (`make lock` refreshes it).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+UV_VERSION := 0.13.9
+LOCK_ARGS ?=
 PYTEST_ARGS ?=
 DEV_ARGS ?=
 
-.PHONY: run test lint install
+.PHONY: run test lint install lock
 
 ## run: migrate, seed a demo catalogue, then run API, worker, beat and relay
 ##      (make run DEV_ARGS="--port 8080")
@@ -31,6 +35,17 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+## lock: resolve pyproject.toml (every extra, Python 3.11+, any platform) into
+##       requirements/lock.txt, keeping the pins that still fit
+##       (make lock LOCK_ARGS=--upgrade, or LOCK_ARGS="--upgrade-package stripe")
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o $(LOCK)
+
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; \
+		echo "$(LOCK) does not satisfy pyproject.toml: run make lock" >&2; exit 1; }
 	touch $@

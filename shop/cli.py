@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ from shop.config import get_settings
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from shop.schema import upgrade
+    from shop.migrations import upgrade
 
     upgrade()
     print("database is at the latest schema")
@@ -62,7 +64,77 @@ def dev_commands(*, host: str, port: int) -> dict[str, list[str]]:
     }
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on ``host:port``, or None if it can.
+
+    Binds the way uvicorn does (``SO_REUSEADDR``), so a port in TIME_WAIT passes
+    but one that another process listens on does not.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use by another program; "
+                        f"choose another with --port (make run DEV_ARGS=\"--port {port + 1}\")")
+            return f"cannot listen on {host}:{port} ({exc}); choose another --host or --port"
+    return None
+
+
+def _stop_all(procs: dict[str, subprocess.Popen[bytes]], *, grace: float = 15) -> None:
+    """SIGTERM every child still running, then SIGKILL what is left after ``grace`` s."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _supervise(commands: dict[str, list[str]], env: dict[str, str],
+               *, host: str, port: int) -> int:
+    """Run ``commands`` until Ctrl-C/SIGTERM (exit 0) or until one exits (exit 1).
+
+    Either way every other child is stopped before returning: no orphans.
+    """
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, cmd in commands.items():
+            procs[name] = subprocess.Popen(cmd, env=env)
+        dead: str | None = None
+        while not stopping and dead is None:
+            time.sleep(0.2)
+            dead = next((name for name, p in procs.items() if p.poll() is not None), None)
+    finally:
+        _stop_all(procs)
+    if stopping:  # Ctrl-C reaches the children too: any of them may have exited first
+        return 0
+    assert dead is not None
+    print(f"shop dev: {dead} exited with {procs[dead].returncode}; stopped the others",
+          file=sys.stderr)
+    if dead == "api" and (problem := listen_problem(host, port)):
+        print(f"shop dev: {problem}", file=sys.stderr)
+    return 1
+
+
 def _dev(args: argparse.Namespace) -> int:
+    if problem := listen_problem(args.host, args.port):
+        print(f"shop dev: {problem}", file=sys.stderr)
+        return 1
     settings = get_settings()
     env = dict(os.environ)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -74,32 +146,9 @@ def _dev(args: argparse.Namespace) -> int:
     print(f"shop dev: API on http://{args.host}:{args.port}  (docs at /docs)")
     print(f"shop dev: admin token {token}")
     print(f"shop dev: emails go to {mail}; payments: {settings.provider}; "
-          f"broker: {settings.broker_url.split('@')[-1]}")
-    procs = {name: subprocess.Popen(cmd, env=env)
-             for name, cmd in dev_commands(host=args.host, port=args.port).items()}
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(p.poll() is None for p in procs.values()):
-        time.sleep(0.2)
-    for name, proc in procs.items():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        elif not stopping:
-            print(f"shop dev: {name} exited with {proc.returncode}; stopping", file=sys.stderr)
-    deadline = time.monotonic() + 15
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return 0
+          f"broker: {settings.broker_url.split('@')[-1]}", flush=True)
+    return _supervise(dev_commands(host=args.host, port=args.port), env,
+                      host=args.host, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,17 +22,17 @@ from sqlalchemy.schema import CreateTable
 
 from shop.config import get_settings
 from shop.db import build_engine
-from shop.models import Base, Product
-from shop.schema import (
-    PROJECT_ROOT,
+from shop.migrations import (
     alembic_config,
     downgrade,
     pending_differences,
     upgrade,
 )
+from shop.models import Base, Product
 from tests.factories import bound_to
 from tests.factories.orders import ProductFactory
 
+REPO = Path(__file__).resolve().parents[2]
 MODEL_TABLES = set(Base.metadata.tables)
 PRODUCTS = Base.metadata.tables[Product.__tablename__]
 
@@ -113,7 +113,7 @@ def test_upgrade_twice_is_a_no_op(db_url: str, engine: Engine) -> None:
 
 def test_alembic_ini_holds_no_database_url() -> None:
     parser = configparser.ConfigParser()
-    parser.read(PROJECT_ROOT / "alembic.ini")
+    parser.read(REPO / "alembic.ini")
 
     assert parser.has_section("alembic")
     assert not any(parser.has_option(section, "sqlalchemy.url") for section in parser.sections())
@@ -168,7 +168,7 @@ def test_alembic_command_line_reads_settings(
             "-m",
             "alembic",
             "-c",
-            str(PROJECT_ROOT / "alembic.ini"),
+            str(REPO / "alembic.ini"),
             "upgrade",
             "head",
         ],

@@ -1,11 +1,15 @@
 """The database schema through Alembic: upgrade, downgrade, and drift checks.
 
-The CLI (``shop migrate``) and the tests call these; ``alembic/env.py`` takes its
-engine and its comparison options from here too, so ``alembic upgrade head`` and
-:func:`pending_differences` judge the schema the same way.
+This package holds the migration scripts (``env.py``, ``script.py.mako``,
+``versions/``) and the helpers around them. ``shop migrate`` and the tests call
+these; ``env.py`` takes its engine and its comparison options from here too, so
+``alembic upgrade head`` and :func:`pending_differences` judge the schema the
+same way.
 
-``alembic.ini`` and ``alembic/`` live in the repository root, the parent of the
-``shop`` package directory, which is where an editable install leaves them.
+The scripts are found through this package, never through a source checkout, so
+``shop migrate`` works from a wheel. ``alembic.ini`` in the repository root is
+only for the ``alembic`` command line (writing revisions); its
+``script_location`` points here.
 """
 
 from __future__ import annotations
@@ -25,37 +29,20 @@ from sqlalchemy.types import TypeDecorator
 
 from shop.models import Base
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# env.py, script.py.mako and versions/ sit next to this file, installed or not.
+SCRIPT_LOCATION = Path(__file__).resolve().parent
 
 # Any constant will do; every process migrating PostgreSQL takes this lock first.
 _PG_MIGRATION_LOCK = int.from_bytes(b"shop.mig", "big")
 
 
-class SchemaError(RuntimeError):
-    """The migration scripts cannot be found (e.g. a non-editable install)."""
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config for the packaged scripts; ``url`` overrides ``SHOP_DATABASE_URL``.
 
-
-def _find_ini() -> Path:
-    for root in (PROJECT_ROOT, Path.cwd()):
-        ini = root / "alembic.ini"
-        if ini.is_file() and (root / "alembic" / "env.py").is_file():
-            return ini
-    raise SchemaError(
-        f"alembic.ini not found in {PROJECT_ROOT} or the current directory; "
-        "install the shop from its source tree (pip install -e .)"
-    )
-
-
-def alembic_config(url: str | None = None, *, configure_logging: bool = False) -> Config:
-    """The project's Alembic config; ``url`` overrides ``SHOP_DATABASE_URL``.
-
-    Logging is left to the caller unless ``configure_logging`` is set, in which case
-    ``alembic.ini``'s logging section is applied (what the ``alembic`` command does).
+    No ``alembic.ini`` is read, so the host's logging is left alone.
     """
-    ini = _find_ini()
-    config = Config(str(ini))
-    config.set_main_option("script_location", str(ini.parent / "alembic"))
-    config.attributes["configure_logger"] = configure_logging
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
     if url is not None:
         config.attributes["url"] = url
     return config
