@@ -48,6 +48,20 @@ def _relay(_: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(_: argparse.Namespace) -> int:
+    import uuid
+
+    from shop.db import session_scope
+    from shop.orders.reconcile import reconcile
+    from shop.payments.providers import get_gateway
+
+    with session_scope() as session:
+        tally = reconcile(session, gateway=get_gateway(), owner=f"cli:{uuid.uuid4().hex[:8]}")
+    mended = ", ".join(f"{what}: {count}" for what, count in sorted(tally.items()))
+    print(f"reconciled with the payment provider: {mended or 'nothing to do'}")
+    return 0
+
+
 def dev_commands(*, host: str, port: int) -> dict[str, list[str]]:
     """The four processes of a deployment, as ``shop dev`` starts them."""
     py = sys.executable
@@ -157,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="alembic upgrade head").set_defaults(run=_migrate)
     sub.add_parser("seed", help="load the demo catalogue if empty").set_defaults(run=_seed)
     sub.add_parser("relay", help="publish the outbox to the broker").set_defaults(run=_relay)
+    sub.add_parser("reconcile", help="settle payments with the provider now").set_defaults(
+        run=_reconcile)
     dev = sub.add_parser("dev", help="API, worker, beat and relay in one process tree")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

@@ -60,7 +60,8 @@ def resume_stuck(session: Session, *, older_than: float = STUCK_AFTER_SECONDS,
             continue
         _resume(order, now=now)
         continue_from(session, order=order)
-    give_ups.extend(_redrive_confirmed(session, cutoff=cutoff, now=now, limit=limit))
+    redriven, more = _redrive_confirmed(session, cutoff=cutoff, now=now, limit=limit)
+    give_ups.extend(more)
     session.commit()
     for order_id, task in give_ups:
         try:
@@ -68,7 +69,7 @@ def resume_stuck(session: Session, *, older_than: float = STUCK_AFTER_SECONDS,
                           error=f"no progress after {MAX_RESUMES} resumes by the sweeper")
         except BusyError:
             log.info("order %s is busy; giving up on %s next sweep", order_id, task)
-    return len(stuck) + len(give_ups)
+    return len(stuck) + redriven
 
 
 def _resume(order: Order, *, now: dt.datetime) -> None:
@@ -78,8 +79,11 @@ def _resume(order: Order, *, now: dt.datetime) -> None:
 
 
 def _redrive_confirmed(session: Session, *, cutoff: dt.datetime, now: dt.datetime,
-                       limit: int) -> list[tuple[uuid.UUID, TaskName]]:
-    """Re-send a confirmed order's missing email or warehouse request; returns give-ups."""
+                       limit: int) -> tuple[int, list[tuple[uuid.UUID, TaskName]]]:
+    """Re-send a confirmed order's missing email or warehouse request.
+
+    Returns how many orders were looked at, and the steps to give up on.
+    """
     emailed = exists().where(Notification.order_id == Order.id,
                              Notification.kind == steps.CONFIRMATION_KIND,
                              Notification.status == "sent")
@@ -102,4 +106,4 @@ def _redrive_confirmed(session: Session, *, cutoff: dt.datetime, now: dt.datetim
         _resume(order, now=now)
         for task in missing:
             enqueue(session, task=task, order=order)
-    return give_ups
+    return len(rows), give_ups

@@ -8,7 +8,10 @@ consults the file's rules, shared by all processes (read and rewritten under a l
 
 ``op`` is a gateway method (``create_intent``, ``retrieve``, ``confirm``, ``capture``,
 ``cancel``, ``refund``, ``list_intents``) or ``*``; the first rule that matches and
-still has ``times`` left (``null``: forever) is used up by one call. Modes:
+still has ``times`` left (``null``: forever) is used up by one call. A rule with
+``"after": "capture"`` waits until a ``capture`` call has been made. Every call is
+counted in the file (``calls``), so a test can tell how often the provider was asked.
+Modes:
 
 - ``unavailable``: the request never reaches the provider (a transient error);
 - ``lost_answer``: the provider applies the request, and its answer is lost;
@@ -52,29 +55,40 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def write_rules(path: Path, rules: list[dict[str, Any]]) -> None:
-    """Replace the rules (tests and drills call this from any process)."""
+    """Replace the rules and reset the counts (tests and drills call this, any process)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        path.write_text(json.dumps(rules))
+        path.write_text(json.dumps({"rules": rules, "calls": {}}))
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The rules as they stand, and how often each operation was called."""
+    try:
+        state: dict[str, Any] = json.loads(path.read_text() or "{}")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"rules": [], "calls": {}}
+    return {"rules": state.get("rules", []), "calls": state.get("calls", {})}
 
 
 def take_rule(path: Path, op: str) -> dict[str, Any] | None:
-    """Use up one call of the first rule matching ``op``; None when nothing matches."""
+    """Count a call of ``op`` and use up the first rule matching it; None if none does."""
     if not path.exists():
         return None
     with _locked(path):
-        try:
-            rules: list[dict[str, Any]] = json.loads(path.read_text() or "[]")
-        except json.JSONDecodeError:
-            return None
-        for rule in rules:
-            times = rule.get("times")
-            if rule.get("op", "*") in ("*", op) and (times is None or times > 0):
+        state = read_state(path)
+        calls: dict[str, int] = state["calls"]
+        calls[op] = calls.get(op, 0) + 1
+        chosen = None
+        for rule in state["rules"]:
+            times, after = rule.get("times"), rule.get("after")
+            armed = after is None or calls.get(after, 0) > 0
+            if armed and rule.get("op", "*") in ("*", op) and (times is None or times > 0):
                 if times is not None:
                     rule["times"] = times - 1
-                    path.write_text(json.dumps(rules))
-                return rule
-    return None
+                chosen = rule
+                break
+        path.write_text(json.dumps(state))
+        return chosen
 
 
 class FaultyGateway:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 3.0
 CALL_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT
-MAX_CALLS_PER_STEP = 4
+MAX_CALLS_PER_STEP = 5  # the longest path: create, retrieve, confirm, retrieve, cancel
 
 
 class PaymentError(Exception):

@@ -167,3 +167,73 @@ def test_a_worker_process_builds_its_payment_gateway_once() -> None:
         assert get_gateway() is get_gateway()
     finally:
         get_gateway.cache_clear()
+
+
+def test_an_unexpected_exception_is_retried_then_given_up(counts: dict[str, int]) -> None:
+    gave_up: list[Exception] = []
+
+    def buggy(_: Any) -> None:
+        raise KeyError("a bug, not an outage")
+
+    for attempt in range(4):
+        with pytest.raises(Retried):
+            tasks.run_step(FakeTask(request=Request(retries=attempt)), buggy,  # type: ignore[arg-type]
+                           lambda _s, e: gave_up.append(e))
+    tasks.run_step(FakeTask(request=Request(retries=4)), buggy,  # type: ignore[arg-type]
+                   lambda _s, e: gave_up.append(e))
+    assert len(gave_up) == 1  # five attempts (SHOP_RETRY_MAX_ATTEMPTS), then never again
+
+
+def test_a_permanent_error_gives_up_at_once(counts: dict[str, int]) -> None:
+    from shop.payments.gateway import PaymentProviderError
+
+    gave_up: list[Exception] = []
+
+    def refused(_: Any) -> None:
+        raise PaymentProviderError("refused")
+
+    tasks.run_step(FakeTask(), refused, lambda _s, e: gave_up.append(e))  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in gave_up] == ["PaymentProviderError"]
+
+
+def test_a_soft_time_limit_counts_as_a_transient_failure(counts: dict[str, int]) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def slow(_: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    with pytest.raises(Retried):
+        tasks.run_step(FakeTask(), slow, lambda *_: pytest.fail("not yet"))  # type: ignore[arg-type]
+    assert counts["msg-1:failures"] == 1
+
+
+def test_a_hard_time_limit_counts_one_failure_and_gives_the_message_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.exceptions import TimeLimitExceeded
+
+    counted: list[str] = []
+    monkeypatch.setattr(tasks, "count_delivery",
+                        lambda _s, *, message_id, task_name: counted.append(message_id) or 1)
+    task = app.tasks["shop.orders.charge_payment"]
+    task.on_failure(TimeLimitExceeded(30), "msg-9", (), {}, None)
+    assert counted == ["msg-9:failures"]
+    assert app.conf.task_acks_on_timeout is False  # the message comes back, not acked
+
+
+def test_a_redelivered_message_that_ran_out_of_time_too_often_gives_up(
+        counts: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks, "_peek", lambda _task, key: 5 if key.endswith("failures") else 0)
+    gave_up: list[Exception] = []
+    redelivered = FakeTask(request=Request(delivery_info={"redelivered": True}))
+    tasks.run_step(redelivered, lambda _: pytest.fail("must not run"),  # type: ignore[arg-type]
+                   lambda _s, e: gave_up.append(e))
+    assert len(gave_up) == 1
+
+
+def test_a_payment_steps_provider_calls_fit_inside_its_soft_time_limit() -> None:
+    from shop.orders import steps
+    from shop.payments.gateway import CALL_TIMEOUT, MAX_CALLS_PER_STEP
+
+    charge = app.tasks["shop.orders.charge_payment"]
+    assert MAX_CALLS_PER_STEP * CALL_TIMEOUT < charge.soft_time_limit < charge.time_limit
+    assert charge.time_limit < steps.LEASE_SECONDS  # a lease never ends under a live call
