@@ -223,7 +223,8 @@ def test_a_provider_refusal_fails_the_order_with_a_customer_safe_message(
     assert (failed.status, failed.failure_step, failed.failure_reason) == (
         "failed", "payment", "payment_rejected")
     view = service.order_view(session, order=failed).model_dump()
-    assert "req_123" not in str(view) and "db-7" not in str(view)
+    assert "req_123" not in str(view)
+    assert "db-7" not in str(view)
     assert view["failure"]["message"] == \
         "The payment provider could not accept this payment."
     assert "pm_nope" in (failed.failure_detail or "")  # kept for admins and logs
