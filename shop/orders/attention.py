@@ -49,9 +49,3 @@ def open_items(session: Session, *, order_id: uuid.UUID) -> list[Attention]:
     return list(session.scalars(
         select(Attention).where(Attention.order_id == order_id, Attention.resolved_at.is_(None))
         .order_by(Attention.created_at)))
-
-
-def is_open(session: Session, *, order_id: uuid.UUID, kind: Kind) -> bool:
-    return session.scalar(select(Attention.id).where(
-        Attention.order_id == order_id, Attention.kind == kind.value,
-        Attention.resolved_at.is_(None))) is not None
