@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from shop import errors, health
-from shop.limits import BodyLimit
+from shop.limits import WEBHOOK_BODY, BodyLimit
 from shop.orders import admin as orders_admin
 from shop.orders import router as orders_router
+from shop.orders import webhooks
 
 
 def create_app() -> FastAPI:
@@ -18,7 +19,8 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(orders_router.router)
     app.include_router(orders_admin.router)
-    app.add_middleware(BodyLimit)
+    app.include_router(webhooks.router)
+    app.add_middleware(BodyLimit, overrides={"/webhooks/": WEBHOOK_BODY})
     return app
 
 

@@ -92,6 +92,8 @@ def configure(app: Celery, settings: Settings) -> None:
                                     "schedule": STUCK_AFTER_SECONDS / 5},
             "reconcile-payments": {"task": TaskName.RECONCILE.value,
                                    "schedule": RECONCILE_EVERY},
+            "expire-authentications": {"task": TaskName.EXPIRE_AUTHENTICATIONS.value,
+                                       "schedule": 60.0},
         },
     )
 

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     report_recipients: str = ""
 
     admin_token: SecretStr | None = None
+    requires_action_timeout: float = Field(default=3600.0, gt=0)
     timezone: str = "UTC"
     report_time: str = "00:15"
 
@@ -121,6 +122,14 @@ class Settings(BaseSettings):
         if self.payment_provider is not None:
             return self.payment_provider
         return "stripe" if self.stripe_api_key is not None else "dummy"
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """The webhook endpoint secrets in force (several during a rotation)."""
+        if self.stripe_webhook_secret is None:
+            return []
+        return [s.strip() for s in self.stripe_webhook_secret.get_secret_value().split(",")
+                if s.strip()]
 
     @property
     def broker_is_amqp(self) -> bool:

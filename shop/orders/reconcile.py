@@ -6,7 +6,8 @@ Beat runs ``reconcile`` every five minutes (``shop reconcile`` runs it now). A p
   the provider did not answer) and follows the answer: captured → confirm; still
   only authorized → cancel it and fail the order; gone → fail the order;
 - releases what failed or cancelled orders still hold at the provider (a void or a
-  refund that ran out of attempts, or whose message was lost).
+  refund that ran out of attempts, or whose message was lost);
+- handles webhook events whose handling ran out of attempts (the provider was down).
 
 Each mend is written on the order's timeline and counted in the returned tally. A
 provider that still does not answer leaves the item, flagged, for the next pass.
@@ -14,6 +15,7 @@ provider that still does not answer leaves the item, flagged, for the next pass.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from collections import Counter
@@ -23,16 +25,19 @@ from functools import partial
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from shop.db import utcnow
 from shop.exceptions import BusyError, TransientError
-from shop.orders import attention, steps
+from shop.orders import attention, payment_events, steps
 from shop.orders.models import Attention, Order
 from shop.orders.states import Stage
 from shop.orders.workflow import load
 from shop.payments import service as payments
+from shop.payments import webhooks
 from shop.payments.gateway import PaymentError, PaymentGateway
 from shop.payments.models import SETTLED, Payment
 
 log = logging.getLogger(__name__)
+EVENT_GRACE_SECONDS = 300.0  # an event's own task has had this long to handle it
 
 
 def reconcile(session: Session, *, gateway: PaymentGateway, owner: str,
@@ -42,21 +47,32 @@ def reconcile(session: Session, *, gateway: PaymentGateway, owner: str,
     for order_id in _unknown_captures(session, limit=limit):
         _attempt(tally, "capture_settled", "capture_unknown", order_id, partial(
             settle_unknown_capture, session, order_id=order_id, gateway=gateway,
-            owner=f"{owner}:{order_id}"))
+            owner=owner))
     for order_id, attempt in _held_for_nothing(session, limit=limit):
         _attempt(tally, "released", "release_pending", order_id, partial(
             steps.release_payment, session, order_id=order_id, attempt=attempt,
-            gateway=gateway, owner=f"{owner}:{order_id}"))
+            gateway=gateway, owner=owner))
+    stale = utcnow() - dt.timedelta(seconds=EVENT_GRACE_SECONDS)
+    for event_id in webhooks.unhandled(session, older_than=stale, limit=limit):
+        _attempt(tally, "event_handled", "event_pending", event_id, partial(
+            _handle_event, session, event_id=event_id, gateway=gateway,
+            owner=owner))
     session.commit()
     return tally
 
 
-def _attempt(tally: Counter[str], done: str, pending: str, order_id: uuid.UUID,
+def _handle_event(session: Session, *, event_id: str, gateway: PaymentGateway,
+                  owner: str) -> bool:
+    return payment_events.handle(session, event_id=event_id, gateway=gateway,
+                                 owner=owner) != "already_handled"
+
+
+def _attempt(tally: Counter[str], done: str, pending: str, subject: uuid.UUID | str,
              mend: Callable[[], bool]) -> None:
     try:
         mended = mend()
     except (TransientError, BusyError, PaymentError) as exc:
-        log.warning("reconcile: order %s still %s: %s", order_id, pending, exc)
+        log.warning("reconcile: %s still %s: %s", subject, pending, exc)
         tally[pending] += 1
         return
     tally[done if mended else "unchanged"] += 1
@@ -94,14 +110,12 @@ def settle_unknown_capture(session: Session, *, order_id: uuid.UUID, gateway: Pa
     session.commit()
     with steps.leased(session, order_id=order_id, owner=owner):
         result = payments.inspect(payment=payment, gateway=gateway)
-    session.expire_all()
-    order = load(session, order_id=order_id)
-    if order is None or order.current_stage is not Stage.RESERVED:
-        steps.end_lease(session, order_id=order_id, owner=owner)
-        return False
-    order.record("payment.reconciled", detail={"reference": result.reference},
-                 internal={"provider_outcome": result.outcome.value})
-    steps.settle_capture(session, order=order, result=result)
-    order.lease_owner = order.lease_until = None
-    session.commit()
+        order = steps.at_again(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
+        if order is None:
+            return False
+        order.record("payment.reconciled", detail={"reference": result.reference},
+                     internal={"provider_outcome": result.outcome.value})
+        steps.settle_capture(session, order=order, result=result)
+        order.lease_owner = order.lease_until = None
+        session.commit()
     return True

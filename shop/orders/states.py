@@ -60,6 +60,7 @@ class Event(StrEnum):
     STOCK_RESERVED = "stock.reserved"
     STOCK_SHORT = "stock.out_of_stock"
     PAYMENT_CAPTURED = "payment.captured"
+    PAYMENT_CANCELLED = "payment.cancelled"  # at the provider: expired, abandoned, dashboard
     STEP_FAILED = "step.failed"
     RETRIED = "order.retried"
     CANCELLED = "order.cancelled"
@@ -90,6 +91,8 @@ TRANSITIONS: dict[tuple[Stage, Event], Stage] = {
     (Stage.AUTHORIZED, Event.STOCK_SHORT): Stage.FAILED,
     (Stage.RESERVED, Event.PAYMENT_CAPTURED): Stage.CONFIRMED,
     (Stage.RESERVED, Event.PAYMENT_FAILED): Stage.FAILED,
+    **{(stage, Event.PAYMENT_CANCELLED): Stage.FAILED
+       for stage in (Stage.REQUIRES_ACTION, Stage.AUTHORIZED, Stage.RESERVED)},
     **{(stage, Event.STEP_FAILED): Stage.FAILED for stage in _IN_FLIGHT},
     (Stage.FAILED, Event.RETRIED): Stage.PLACED,
     **{(stage, Event.CANCELLED): Stage.CANCELLED for stage in (*_IN_FLIGHT, Stage.FAILED)},

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -44,7 +43,6 @@ from shop.payments.models import Payment
 from shop.payments.service import Outcome
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 CONFIRMATION_KIND = "order_confirmation"
 EVENTS_EXCHANGE = "shop.events"
@@ -79,7 +77,12 @@ def claim_lease(session: Session, *, order_id: uuid.UUID, owner: str,
 
 @contextmanager
 def leased(session: Session, *, order_id: uuid.UUID, owner: str) -> Iterator[None]:
-    """Hold the order's lease for the block; give it back at once if the block fails."""
+    """Hold the order's lease for the block; give it back at once if the block fails.
+
+    The block covers the provider call and the commit of its outcome, which ends the
+    lease (``_end_lease``): a failed commit (a concurrent copy won) gives it back too,
+    so the retry does not wait for the lease to run out.
+    """
     claim_lease(session, order_id=order_id, owner=owner)
     try:
         yield
@@ -110,27 +113,15 @@ def _at(session: Session, *, order_id: uuid.UUID, stage: Stage) -> Order | None:
     return order if order is not None and order.current_stage is stage else None
 
 
-def _with_provider(
-    session: Session, *, order: Order, owner: str, gateway: PaymentGateway,
-    call: Callable[[Payment], T],
-) -> tuple[Order, Payment, T] | None:
-    """Run ``call`` against the provider under the order's lease, outside any transaction.
-
-    Returns the reloaded order (still at its stage), the attempt's payment row and
-    the call's result, or ``None`` if the order moved on meanwhile.
-    """
-    stage = order.current_stage
-    with leased(session, order_id=order.id, owner=owner):
-        payment = payments.open_attempt(
-            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
-            currency=order.currency, provider=gateway.name)
-        result = call(payment)
+def at_again(session: Session, *, order_id: uuid.UUID, stage: Stage,
+             owner: str) -> Order | None:
+    """After a provider call: the order reloaded if still at ``stage``; otherwise ``None``,
+    and the lease given back (the order moved on meanwhile)."""
     session.expire_all()
-    fresh = _at(session, order_id=order.id, stage=stage)
-    if fresh is None:
-        end_lease(session, order_id=order.id, owner=owner)
-        return None
-    return fresh, payment, result
+    order = _at(session, order_id=order_id, stage=stage)
+    if order is None:
+        end_lease(session, order_id=order_id, owner=owner)
+    return order
 
 
 def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
@@ -153,25 +144,31 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
     order = _at(session, order_id=order_id, stage=Stage.IN_STOCK)
     if order is None:
         return
-    method = order.payment_method
-    outcome = _with_provider(session, order=order, owner=owner, gateway=gateway, call=lambda p:
-                             payments.authorize(session, payment=p, payment_method=method,
-                                                gateway=gateway))
-    if outcome is None:
-        return
-    order, _, result = outcome
-    payments.record(session, result=result)
-    detail = {"reference": result.reference, "attempt": order.payment_attempt}
-    if result.outcome is Outcome.AUTHORIZED:
-        advance(session, order=order, event=Event.PAYMENT_AUTHORIZED, detail=detail)
-    elif result.outcome is Outcome.REQUIRES_ACTION:
-        advance(session, order=order, event=Event.PAYMENT_REQUIRES_ACTION, detail=detail)
-    else:
-        fail(session, order=order, step=Step.PAYMENT, reason=result.reason or "card_declined",
-             provider_text=result.message, error=result.detail, event=Event.PAYMENT_FAILED,
-             detail=detail)
-    _end_lease(order)
-    session.commit()
+    with leased(session, order_id=order_id, owner=owner):
+        payment = _attempt_of(session, order=order, gateway=gateway)
+        result = payments.authorize(session, payment=payment, payment_method=order.payment_method,
+                                    gateway=gateway)
+        order = at_again(session, order_id=order_id, stage=Stage.IN_STOCK, owner=owner)
+        if order is None:
+            return
+        payments.record(session, result=result)
+        detail = {"reference": result.reference, "attempt": order.payment_attempt}
+        if result.outcome is Outcome.AUTHORIZED:
+            advance(session, order=order, event=Event.PAYMENT_AUTHORIZED, detail=detail)
+        elif result.outcome is Outcome.REQUIRES_ACTION:
+            advance(session, order=order, event=Event.PAYMENT_REQUIRES_ACTION, detail=detail)
+        else:
+            fail(session, order=order, step=Step.PAYMENT,
+                 reason=result.reason or "card_declined", provider_text=result.message,
+                 error=result.detail, event=Event.PAYMENT_FAILED, detail=detail)
+        _end_lease(order)
+        session.commit()
+
+
+def _attempt_of(session: Session, *, order: Order, gateway: PaymentGateway) -> Payment:
+    return payments.open_attempt(
+        session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
+        currency=order.currency, provider=gateway.name)
 
 
 def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
@@ -198,15 +195,15 @@ def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGa
     order = _at(session, order_id=order_id, stage=Stage.RESERVED)
     if order is None:
         return
-    total = order.total
-    outcome = _with_provider(session, order=order, owner=owner, gateway=gateway, call=lambda p:
-                             payments.capture(payment=p, amount=total, gateway=gateway))
-    if outcome is None:
-        return
-    order, _, result = outcome
-    settle_capture(session, order=order, result=result)
-    _end_lease(order)
-    session.commit()
+    with leased(session, order_id=order_id, owner=owner):
+        payment = _attempt_of(session, order=order, gateway=gateway)
+        result = payments.capture(payment=payment, amount=order.total, gateway=gateway)
+        order = at_again(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
+        if order is None:
+            return
+        settle_capture(session, order=order, result=result)
+        _end_lease(order)
+        session.commit()
 
 
 def settle_capture(session: Session, *, order: Order, result: payments.Result) -> None:
@@ -295,18 +292,18 @@ def release_payment(session: Session, *, order_id: uuid.UUID, attempt: int,
     session.commit()
     with leased(session, order_id=order_id, owner=owner):
         result = payments.release(payment=payment, gateway=gateway)
-    session.expire_all()
-    order = load(session, order_id=order_id)
-    assert order is not None
-    if _wants(order, attempt):  # retried meanwhile: leave the money to the new run
-        end_lease(session, order_id=order_id, owner=owner)
-        return False
-    record = payments.record(session, result=result)
-    order.record(f"payment.{record.status}", detail={"reference": result.reference},
-                 internal={"attempt": attempt, "refunded": result.refunded})
-    attention.resolve(session, order_id=order_id, kind=attention.Kind.RELEASE_FAILED)
-    _end_lease(order)
-    session.commit()
+        session.expire_all()
+        order = load(session, order_id=order_id)
+        assert order is not None
+        if _wants(order, attempt):  # retried meanwhile: leave the money to the new run
+            end_lease(session, order_id=order_id, owner=owner)
+            return False
+        record = payments.record(session, result=result)
+        order.record(f"payment.{record.status}", detail={"reference": result.reference},
+                     internal={"attempt": attempt, "refunded": result.refunded})
+        attention.resolve(session, order_id=order_id, kind=attention.Kind.RELEASE_FAILED)
+        _end_lease(order)
+        session.commit()
     return True
 
 

@@ -65,7 +65,7 @@ def resume_stuck(session: Session, *, older_than: float = STUCK_AFTER_SECONDS,
     session.commit()
     for order_id, task in give_ups:
         try:
-            steps.give_up(session, task=task, order_id=order_id, owner=f"{owner}:{order_id}",
+            steps.give_up(session, task=task, order_id=order_id, owner=owner,
                           error=f"no progress after {MAX_RESUMES} resumes by the sweeper")
         except BusyError:
             log.info("order %s is busy; giving up on %s next sweep", order_id, task)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from shop.celery import app
 from shop.config import get_settings
 from shop.notifications.mailer import build_mailer
-from shop.orders import reconcile, steps, sweeper
+from shop.orders import payment_events, reconcile, steps, sweeper
 from shop.orders.workflow import TaskName
 from shop.payments.providers import get_gateway
 from shop.task_runner import run_step, task_options
@@ -21,7 +21,8 @@ PAYMENT_LIMITS = {"soft_time_limit": steps.PAYMENT_SOFT_LIMIT,
 
 
 def _owner(task: Task) -> str:
-    return f"{task.request.id}:{task.request.retries}:{uuid.uuid4().hex[:8]}"
+    """Who holds an order's lease: this run of this message (fits ``lease_owner``)."""
+    return f"{task.request.id}:{task.request.retries}:{uuid.uuid4().hex[:8]}"[:64]
 
 
 def _give_up(task: Task, name: TaskName, order_id: str, session: Session, exc: Exception,
@@ -90,3 +91,19 @@ def reconcile_payments_task(self: Task) -> None:
     gateway = get_gateway()
     run_step(self, lambda s: reconcile.reconcile(s, gateway=gateway, owner=_owner(self)),
              lambda _s, _e: None)
+
+
+@app.task(name=TaskName.HANDLE_PAYMENT_EVENT, **task_options(**PAYMENT_LIMITS))
+def handle_payment_event_task(self: Task, event_id: str) -> None:
+    gateway, owner = get_gateway(), _owner(self)
+    run_step(self, lambda s: payment_events.handle(s, event_id=event_id, gateway=gateway,
+                                                   owner=owner),
+             lambda s, exc: payment_events.defer(s, event_id=event_id, error=str(exc)))
+
+
+@app.task(name=TaskName.EXPIRE_AUTHENTICATIONS, **task_options(soft_time_limit=240,
+                                                                time_limit=270))
+def expire_authentications_task(self: Task) -> None:
+    gateway, timeout = get_gateway(), get_settings().requires_action_timeout
+    run_step(self, lambda s: payment_events.expire_authentications(
+        s, gateway=gateway, owner=_owner(self), older_than=timeout), lambda _s, _e: None)

@@ -43,6 +43,8 @@ class TaskName(StrEnum):
     RELEASE_PAYMENT = "shop.payments.void_payment"
     RESUME_STUCK = "shop.orders.resume_stuck_orders"
     RECONCILE = "shop.orders.reconcile_payments"
+    HANDLE_PAYMENT_EVENT = "shop.orders.handle_payment_event"
+    EXPIRE_AUTHENTICATIONS = "shop.orders.expire_authentications"
 
     @property
     def queue(self) -> str:
@@ -55,6 +57,8 @@ _QUEUE: dict[TaskName, str] = {
     TaskName.CAPTURE_PAYMENT: "payments",
     TaskName.RELEASE_PAYMENT: "payments",
     TaskName.RECONCILE: "payments",
+    TaskName.HANDLE_PAYMENT_EVENT: "payments",
+    TaskName.EXPIRE_AUTHENTICATIONS: "payments",
     TaskName.SEND_CONFIRMATION: "notifications",
 }
 

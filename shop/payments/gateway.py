@@ -16,7 +16,7 @@ answer may have been lost after the money moved. Callers find out with ``retriev
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -60,6 +60,10 @@ class PaymentProviderError(PaymentError, PermanentError):
     """The provider refused the request for a reason retrying will not fix."""
 
 
+class SignatureInvalid(PaymentError):
+    """A webhook whose signature does not verify (bad, missing, stale or altered)."""
+
+
 class IntentStatus(StrEnum):
     """A PaymentIntent's status, in Stripe's names."""
 
@@ -95,6 +99,41 @@ class IntentState:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", IntentStatus(self.status))
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """A verified webhook event: its id, type, creation time and JSON body."""
+
+    id: str
+    type: str
+    created: int
+    payload: dict[str, Any]
+
+
+WEBHOOK_TOLERANCE = 300  # seconds: Stripe's own default
+
+
+def verify_event(payload: bytes, signature: str | None, secrets: Sequence[str],
+                 *, tolerance: int = WEBHOOK_TOLERANCE) -> ProviderEvent:
+    """Check ``Stripe-Signature`` over the raw body with each secret (a rotation has
+    two); ``SignatureInvalid`` unless one verifies and the body is an event."""
+    if not signature:
+        raise SignatureInvalid("no Stripe-Signature header")
+    for secret in secrets:
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret,
+                                                   tolerance=tolerance)
+        except stripe.SignatureVerificationError:
+            continue
+        except (ValueError, UnicodeDecodeError) as exc:  # signed, but not an event's JSON
+            raise SignatureInvalid(f"the signed body is not an event: {exc}") from exc
+        body = event.to_dict()
+        if not isinstance(body.get("id"), str) or not isinstance(body.get("type"), str):
+            raise SignatureInvalid("the signed body has no event id or type")
+        return ProviderEvent(id=body["id"], type=body["type"],
+                             created=int(body.get("created") or 0), payload=body)
+    raise SignatureInvalid("no configured secret verifies the signature")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +250,8 @@ def _state(intent: stripe.PaymentIntent) -> IntentState:
         reference=intent.id,
         status=status,
         amount=intent.amount,
-        # localstripe omits amount_received, and books a partial capture's remainder as
-        # a refund: there, what the charge kept is what was received.
-        amount_received=received if isinstance(received, int) else captured - refunded,
+        # localstripe omits amount_received; its captured charge's amount says it instead.
+        amount_received=received if isinstance(received, int) else captured,
         amount_refunded=refunded,
         client_secret=getattr(intent, "client_secret", None),
         decline_code=decline_reason(code, getattr(error, "decline_code", None)) if failed else None,

@@ -92,7 +92,7 @@ class Refund(Base):
 
 
 class WebhookEvent(Base):
-    """A verified provider event, recorded once by its id."""
+    """A verified provider event, recorded once by its id; ``outcome`` says what it did."""
 
     __tablename__ = "webhook_events"
 
@@ -101,3 +101,5 @@ class WebhookEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(40))
+    order_id: Mapped[uuid.UUID | None] = mapped_column(index=True)

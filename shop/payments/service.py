@@ -73,6 +73,10 @@ def find_attempt(session: Session, *, order_id: uuid.UUID, attempt: int) -> Paym
         select(Payment).where(Payment.order_id == order_id, Payment.attempt == attempt))
 
 
+def find_by_reference(session: Session, *, reference: str) -> Payment | None:
+    return session.scalar(select(Payment).where(Payment.reference == reference))
+
+
 def latest_attempt(session: Session, *, order_id: uuid.UUID) -> Payment | None:
     return session.scalar(select(Payment).where(Payment.order_id == order_id)
                           .order_by(Payment.attempt.desc()).limit(1))
@@ -203,13 +207,16 @@ def inspect(*, payment: Payment, gateway: PaymentGateway) -> Result:
     return classify(payment, gateway.retrieve(payment.reference))
 
 
-def release(*, payment: Payment, gateway: PaymentGateway) -> Result:
-    """Cancel what the attempt holds, or refund what it took; safe to repeat.
-
-    ``PaymentTransientError`` while the provider cannot say or is still processing.
-    """
+def cancel(*, payment: Payment, gateway: PaymentGateway) -> Result:
+    """Cancel an intent that has taken no money; if it took some first (the customer won
+    the race), the result says so instead: the caller follows the provider's state."""
     if payment.reference is None:
         return _result(payment, Outcome.NO_INTENT)
+    return classify(payment, _cancelled(payment, gateway))
+
+
+def _cancelled(payment: Payment, gateway: PaymentGateway) -> IntentState:
+    assert payment.reference is not None
     state = gateway.retrieve(payment.reference)
     if state.status.cancellable:
         try:
@@ -217,6 +224,17 @@ def release(*, payment: Payment, gateway: PaymentGateway) -> Result:
                                    idempotency_key=f"{payment.idempotency_key}:cancel")
         except PaymentProviderError:
             state = gateway.retrieve(payment.reference)  # captured meanwhile, or cancelled
+    return state
+
+
+def release(*, payment: Payment, gateway: PaymentGateway) -> Result:
+    """Cancel what the attempt holds, or refund what it took; safe to repeat.
+
+    ``PaymentTransientError`` while the provider cannot say or is still processing.
+    """
+    if payment.reference is None:
+        return _result(payment, Outcome.NO_INTENT)
+    state = _cancelled(payment, gateway)
     if state.status is IntentStatus.SUCCEEDED:
         remaining = state.amount_received - state.amount_refunded
         if remaining > 0:
@@ -288,7 +306,7 @@ def record(session: Session, *, result: Result) -> Payment:
     if result.client_secret is not None:
         payment.client_secret = result.client_secret
     if result.captured:
-        payment.amount_captured = result.captured
+        payment.amount_captured = max(payment.amount_captured, result.captured)
         payment.captured_at = payment.captured_at or utcnow()
     if result.refunded > payment.amount_refunded:
         _add_refund(session, payment=payment, total=result.refunded)
