@@ -27,7 +27,6 @@ from kombu.entity import Exchange, Queue
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
 from shop.orders.steps import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
-from shop.orders.sweeper import STUCK_AFTER_SECONDS
 from shop.orders.workflow import TaskName
 
 QUEUES = ("orders", "payments", "notifications", "reports")
@@ -89,7 +88,7 @@ def configure(app: Celery, settings: Settings) -> None:
         timezone=settings.timezone, enable_utc=True,
         beat_schedule={
             "resume-stuck-orders": {"task": TaskName.RESUME_STUCK.value,
-                                    "schedule": STUCK_AFTER_SECONDS / 5},
+                                    "schedule": max(1.0, settings.stuck_after_seconds / 5)},
             "reconcile-payments": {"task": TaskName.RECONCILE.value,
                                    "schedule": RECONCILE_EVERY},
             "expire-authentications": {"task": TaskName.EXPIRE_AUTHENTICATIONS.value,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from shop.config import get_settings
+from shop.orders import commands as orders_commands
 
 
 def _migrate(_: argparse.Namespace) -> int:
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("relay", help="publish the outbox to the broker").set_defaults(run=_relay)
     sub.add_parser("reconcile", help="settle payments with the provider now").set_defaults(
         run=_reconcile)
+    orders_commands.register(sub)
     dev = sub.add_parser("dev", help="API, worker, beat and relay in one process tree")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

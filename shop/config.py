@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=2.0, ge=0)
     retry_max_delay: float = Field(default=300.0, ge=0)
     max_deliveries: int = Field(default=10, ge=1)
+    stuck_after_seconds: float = Field(default=300.0, ge=1)
 
     relay_batch_size: int = Field(default=100, ge=1)
     relay_poll_interval: float = Field(default=0.1, gt=0)

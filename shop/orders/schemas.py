@@ -153,3 +153,102 @@ class OrderOut(BaseModel):
     events: list[EventOut]
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+# --- the admin API's views ------------------------------------------------------------
+
+class AdminFailureOut(FailureOut):
+    detail: str | None = Field(default=None, description="internal: for admins only")
+
+
+class AttentionOut(BaseModel):
+    kind: str = Field(description="email_failed, fulfillment_failed, payment_unknown, "
+                                  "release_failed, refunded_unconfirmed, dispute")
+    message: str
+    since: dt.datetime
+
+
+class AdminOrderOut(BaseModel):
+    id: uuid.UUID
+    status: str
+    stage: str
+    email: str
+    name: str
+    currency: str
+    total: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    failure: AdminFailureOut | None
+    attention: list[AttentionOut]
+    payment: PaymentOut | None
+
+
+class AdminOrderPage(BaseModel):
+    orders: list[AdminOrderOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    provider: str
+    reference: str | None
+    status: str
+    amount: int
+    amount_captured: int
+    amount_refunded: int
+    decline_code: str | None
+    last_error: str | None
+    created_at: dt.datetime
+
+
+class NotificationOut(BaseModel):
+    kind: str
+    status: str
+    attempts: int
+    message_id: str
+    sent_at: dt.datetime | None
+    last_error: str | None
+
+
+class AdminEventOut(EventOut):
+    internal: dict[str, Any] | None
+    actor: str | None
+
+
+class FulfillmentDetailOut(BaseModel):
+    message_id: uuid.UUID
+    status: str
+    created_at: dt.datetime
+
+
+class WebhookOut(BaseModel):
+    id: str
+    type: str
+    outcome: str | None
+    received_at: dt.datetime
+
+
+class AdminOrderDetail(AdminOrderOut):
+    lines: list[LineOut]
+    shipping_address: dict[str, Any]
+    events: list[AdminEventOut]
+    attempts: list[AttemptOut]
+    notifications: list[NotificationOut]
+    fulfillment: FulfillmentDetailOut | None
+    webhooks: list[WebhookOut]
+
+
+class QueuedOut(BaseModel):
+    id: uuid.UUID
+    status: str
+    queued: str = Field(description="what was queued: retry, cancel, resend_email, …")
+
+
+class BulkRetryIn(Strict):
+    step: str | None = Field(default=None, pattern=r"^(inventory|payment|reservation)$")
+    reason: str | None = Field(default=None, max_length=64, pattern=r"^[a-z_]+$")
+    limit: int = Field(default=50, ge=1, le=500, strict=True)
+
+
+class BulkRetryOut(BaseModel):
+    queued: list[uuid.UUID]

@@ -62,7 +62,8 @@ class Event(StrEnum):
     PAYMENT_CAPTURED = "payment.captured"
     PAYMENT_CANCELLED = "payment.cancelled"  # at the provider: expired, abandoned, dashboard
     STEP_FAILED = "step.failed"
-    RETRIED = "order.retried"
+    RETRIED = "order.retried"  # by an admin: back to the inventory check
+    RETRIED_PAYMENT = "order.retried_payment"  # by an admin: back to the payment step
     CANCELLED = "order.cancelled"
 
 
@@ -95,6 +96,7 @@ TRANSITIONS: dict[tuple[Stage, Event], Stage] = {
        for stage in (Stage.REQUIRES_ACTION, Stage.AUTHORIZED, Stage.RESERVED)},
     **{(stage, Event.STEP_FAILED): Stage.FAILED for stage in _IN_FLIGHT},
     (Stage.FAILED, Event.RETRIED): Stage.PLACED,
+    (Stage.FAILED, Event.RETRIED_PAYMENT): Stage.IN_STOCK,
     **{(stage, Event.CANCELLED): Stage.CANCELLED for stage in (*_IN_FLIGHT, Stage.FAILED)},
     (Stage.CONFIRMED, Event.CANCELLED): Stage.CANCELLED,
 }

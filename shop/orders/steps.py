@@ -29,8 +29,6 @@ from shop.orders import attention
 from shop.orders.models import FulfillmentRequest, Order
 from shop.orders.states import Event, Stage, Step
 from shop.orders.workflow import (
-    NEXT_AFTER,
-    TaskName,
     advance,
     fail,
     load,
@@ -107,7 +105,7 @@ def _end_lease(order: Order) -> None:
     order.lease_until = None
 
 
-def _at(session: Session, *, order_id: uuid.UUID, stage: Stage) -> Order | None:
+def at_stage(session: Session, *, order_id: uuid.UUID, stage: Stage) -> Order | None:
     """The order if it is at ``stage``; ``None`` means this step's work is done or moot."""
     order = load(session, order_id=order_id)
     return order if order is not None and order.current_stage is stage else None
@@ -118,7 +116,7 @@ def at_again(session: Session, *, order_id: uuid.UUID, stage: Stage,
     """After a provider call: the order reloaded if still at ``stage``; otherwise ``None``,
     and the lease given back (the order moved on meanwhile)."""
     session.expire_all()
-    order = _at(session, order_id=order_id, stage=stage)
+    order = at_stage(session, order_id=order_id, stage=stage)
     if order is None:
         end_lease(session, order_id=order_id, owner=owner)
     return order
@@ -126,7 +124,7 @@ def at_again(session: Session, *, order_id: uuid.UUID, stage: Stage,
 
 def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
     """Fail the order before any payment if the shelf cannot cover it."""
-    order = _at(session, order_id=order_id, stage=Stage.PLACED)
+    order = at_stage(session, order_id=order_id, stage=Stage.PLACED)
     if order is None:
         return
     short = shortages(session, order=order)
@@ -141,7 +139,7 @@ def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
 def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                    owner: str) -> None:
     """Authorize the order's total (manual capture); a decline or refusal fails the order."""
-    order = _at(session, order_id=order_id, stage=Stage.IN_STOCK)
+    order = at_stage(session, order_id=order_id, stage=Stage.IN_STOCK)
     if order is None:
         return
     with leased(session, order_id=order_id, owner=owner):
@@ -173,7 +171,7 @@ def _attempt_of(session: Session, *, order: Order, gateway: PaymentGateway) -> P
 
 def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
     """Hold the units for every line, or fail the order and release its authorization."""
-    order = _at(session, order_id=order_id, stage=Stage.AUTHORIZED)
+    order = at_stage(session, order_id=order_id, stage=Stage.AUTHORIZED)
     if order is None:
         return
     if reserve_lines(session, order=order):
@@ -181,7 +179,7 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
         session.commit()
         return
     session.rollback()
-    order = _at(session, order_id=order_id, stage=Stage.AUTHORIZED)
+    order = at_stage(session, order_id=order_id, stage=Stage.AUTHORIZED)
     if order is None:
         return
     fail(session, order=order, step=Step.RESERVATION, reason="out_of_stock",
@@ -192,7 +190,7 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
 def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                     owner: str) -> None:
     """Take the authorized money, then confirm the order (and fan out)."""
-    order = _at(session, order_id=order_id, stage=Stage.RESERVED)
+    order = at_stage(session, order_id=order_id, stage=Stage.RESERVED)
     if order is None:
         return
     with leased(session, order_id=order_id, owner=owner):
@@ -226,7 +224,7 @@ def settle_capture(session: Session, *, order: Order, result: payments.Result) -
 def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
                       sender: str) -> None:
     """Email the customer once; the ledger turns repeats into no-ops."""
-    order = _at(session, order_id=order_id, stage=Stage.CONFIRMED)
+    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED)
     if order is None:
         return
     context = {"order": {
@@ -252,7 +250,7 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
 
 def request_fulfillment(session: Session, *, order_id: uuid.UUID) -> None:
     """Record the warehouse request and publish it once, via the outbox."""
-    order = _at(session, order_id=order_id, stage=Stage.CONFIRMED)
+    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED)
     if order is None:
         return
     if session.scalar(select(FulfillmentRequest.id).where(
@@ -301,6 +299,10 @@ def release_payment(session: Session, *, order_id: uuid.UUID, attempt: int,
         record = payments.record(session, result=result)
         order.record(f"payment.{record.status}", detail={"reference": result.reference},
                      internal={"attempt": attempt, "refunded": result.refunded})
+        if result.refunded and order.current_stage is Stage.FAILED:  # taken, then given back
+            attention.flag(session, order_id=order_id, kind=attention.Kind.REFUNDED_UNCONFIRMED,
+                           message=f"{result.refunded} {order.currency} was captured for an "
+                                   "order that was not confirmed, and refunded")
         attention.resolve(session, order_id=order_id, kind=attention.Kind.RELEASE_FAILED)
         _end_lease(order)
         session.commit()
@@ -326,64 +328,3 @@ def fail_step(session: Session, *, order_id: uuid.UUID, step: Step, reason: str,
     _end_lease(order)
     session.commit()
     return True
-
-
-def hold_for_reconciliation(session: Session, *, order_id: uuid.UUID, error: str) -> None:
-    """A capture whose outcome is unknown: keep the order (and its stock) as it is, and
-    let reconciliation ask the provider until it says what happened."""
-    order = _at(session, order_id=order_id, stage=Stage.RESERVED)
-    if order is None:
-        return
-    attention.flag(session, order_id=order_id, kind=attention.Kind.PAYMENT_UNKNOWN,
-                   message="The capture's outcome is unknown; reconciliation keeps asking "
-                           "the payment provider")
-    order.record("payment.outcome_unknown", internal={"error": error})
-    session.commit()
-
-
-def give_up(session: Session, *, task: TaskName, order_id: uuid.UUID, error: str,
-            owner: str, attempt: int | None = None) -> None:
-    """What each task does when its attempts run out: fail, hold, or flag for a person.
-
-    Payment decisions wait for the order's lease, so a give-up cannot race a call that
-    is still in flight (``OrderBusy`` retries it shortly).
-    """
-    log.warning("%s gave up on order %s: %s", task, order_id, error)
-    stage = STAGE_OF_TASK.get(task)
-    if stage is not None and _at(session, order_id=order_id, stage=stage) is None:
-        return  # the order moved on meanwhile: nothing to give up
-    session.commit()
-    if task is TaskName.CAPTURE_PAYMENT:
-        with leased(session, order_id=order_id, owner=owner):
-            hold_for_reconciliation(session, order_id=order_id, error=error)
-        end_lease(session, order_id=order_id, owner=owner)
-        return
-    if task in _FAILS:
-        step, reason = _FAILS[task]
-        with leased(session, order_id=order_id, owner=owner):
-            if _at(session, order_id=order_id, stage=stage) is not None:  # type: ignore[arg-type]
-                fail_step(session, order_id=order_id, step=step, reason=reason, message=error)
-        end_lease(session, order_id=order_id, owner=owner)
-        return
-    kind, what = _FLAGS[task]
-    attention.flag(session, order_id=order_id, kind=kind, message=f"{what}: {error}"[:500])
-    order = load(session, order_id=order_id)
-    if order is not None:
-        order.record(f"{kind}", internal={"error": error, "attempt": attempt})
-    session.commit()
-
-
-STAGE_OF_TASK: dict[TaskName, Stage] = {
-    task: stage for stage, tasks in NEXT_AFTER.items() if not stage.terminal for task in tasks}
-_FAILS: dict[TaskName, tuple[Step, str]] = {
-    TaskName.CHECK_INVENTORY: (Step.INVENTORY, "timeout"),
-    TaskName.CHARGE_PAYMENT: (Step.PAYMENT, "payment_unavailable"),
-    TaskName.RESERVE_STOCK: (Step.RESERVATION, "timeout"),
-}
-_FLAGS: dict[TaskName, tuple[attention.Kind, str]] = {
-    TaskName.SEND_CONFIRMATION: (attention.Kind.EMAIL_FAILED, "the confirmation email failed"),
-    TaskName.REQUEST_FULFILLMENT: (attention.Kind.FULFILLMENT_FAILED,
-                                   "the warehouse request failed"),
-    TaskName.RELEASE_PAYMENT: (attention.Kind.RELEASE_FAILED,
-                               "the payment could not be released at the provider"),
-}

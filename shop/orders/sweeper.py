@@ -1,12 +1,13 @@
 """The sweeper: a safety net for messages lost outside the broker's guarantees.
 
 Beat runs it every minute. An order in flight that has not moved for five minutes
+(``SHOP_STUCK_AFTER_SECONDS``; beat sweeps five times in that span)
 gets its next step sent again (steps are idempotent, so a resend to an order that
 is in fact moving is harmless): this covers the embedded broker, which has no
 acknowledgements, a dead-lettered step, and a task stopped by a time limit. A
 confirmed order whose email or warehouse request is missing is re-driven the same
 way. It is bounded: after ``MAX_RESUMES`` sweeps without progress, the step gives up
-as its task would (``steps.give_up``), which fails the order or flags it for a person.
+as its task would (``giving_up.give_up``), which fails the order or flags it for a person.
 Orders whose capture outcome is unknown are reconciliation's, not the sweeper's.
 """
 
@@ -23,14 +24,13 @@ from sqlalchemy.sql.expression import Exists
 from shop.db import utcnow
 from shop.exceptions import BusyError
 from shop.notifications.models import Notification
-from shop.orders import attention, steps
+from shop.orders import attention, giving_up, steps
 from shop.orders.models import Attention, FulfillmentRequest, Order
 from shop.orders.states import Stage
 from shop.orders.workflow import NEXT_AFTER, TaskName, continue_from, enqueue
 
 log = logging.getLogger(__name__)
 
-STUCK_AFTER_SECONDS = 300.0
 MAX_RESUMES = 3
 REDRIVE_WINDOW = dt.timedelta(days=1)  # confirmed orders older than this are left alone
 IN_FLIGHT = (Stage.PLACED, Stage.IN_STOCK, Stage.AUTHORIZED, Stage.RESERVED)
@@ -41,8 +41,8 @@ def _flagged(kind: attention.Kind) -> Exists:
                           Attention.resolved_at.is_(None))
 
 
-def resume_stuck(session: Session, *, older_than: float = STUCK_AFTER_SECONDS,
-                 limit: int = 500, owner: str = "sweeper") -> int:
+def resume_stuck(session: Session, *, older_than: float, limit: int = 500,
+                 owner: str = "sweeper") -> int:
     """Re-send the next step of orders that have not moved for ``older_than`` seconds.
 
     Returns how many orders were resumed or given up.
@@ -65,7 +65,7 @@ def resume_stuck(session: Session, *, older_than: float = STUCK_AFTER_SECONDS,
     session.commit()
     for order_id, task in give_ups:
         try:
-            steps.give_up(session, task=task, order_id=order_id, owner=owner,
+            giving_up.give_up(session, task=task, order_id=order_id, owner=owner,
                           error=f"no progress after {MAX_RESUMES} resumes by the sweeper")
         except BusyError:
             log.info("order %s is busy; giving up on %s next sweep", order_id, task)

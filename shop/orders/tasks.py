@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from shop.celery import app
 from shop.config import get_settings
 from shop.notifications.mailer import build_mailer
-from shop.orders import payment_events, reconcile, steps, sweeper
+from shop.orders import giving_up, payment_events, reconcile, steps, sweeper
 from shop.orders.workflow import TaskName
 from shop.payments.providers import get_gateway
 from shop.task_runner import run_step, task_options
@@ -27,7 +27,7 @@ def _owner(task: Task) -> str:
 
 def _give_up(task: Task, name: TaskName, order_id: str, session: Session, exc: Exception,
              attempt: int | None = None) -> None:
-    steps.give_up(session, task=name, order_id=uuid.UUID(order_id), owner=_owner(task),
+    giving_up.give_up(session, task=name, order_id=uuid.UUID(order_id), owner=_owner(task),
                   error=f"{type(exc).__name__}: {exc}"[:500], attempt=attempt)
 
 
@@ -83,7 +83,9 @@ def release_payment_task(self: Task, order_id: str, attempt: int) -> None:
 
 @app.task(name=TaskName.RESUME_STUCK, **task_options())
 def resume_stuck_orders_task(self: Task) -> None:
-    run_step(self, lambda s: sweeper.resume_stuck(s), lambda _s, _e: None)
+    older_than = get_settings().stuck_after_seconds
+    run_step(self, lambda s: sweeper.resume_stuck(s, older_than=older_than),
+             lambda _s, _e: None)
 
 
 @app.task(name=TaskName.RECONCILE, **task_options(soft_time_limit=240, time_limit=270))

@@ -14,6 +14,7 @@ Rules that keep money right under redelivery:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
@@ -245,6 +246,42 @@ def release(*, payment: Payment, gateway: PaymentGateway) -> Result:
     if result.outcome in (Outcome.AUTHORIZED, Outcome.CAPTURED):
         raise PaymentTransientError(f"intent {state.reference} is still {state.status}")
     return result
+
+
+def release_orphan(*, state: IntentState, gateway: PaymentGateway) -> IntentState:
+    """Cancel or refund an intent the shop created but never recorded (a create whose
+    answer was lost); there is no payment row for it. Returns the intent as it ends."""
+    key = f"orphan:{state.reference}"
+    if state.status.cancellable:
+        try:
+            return gateway.cancel(state.reference, idempotency_key=f"{key}:cancel")
+        except PaymentProviderError:
+            state = gateway.retrieve(state.reference)
+    remaining = state.amount_received - state.amount_refunded
+    if state.status is IntentStatus.SUCCEEDED and remaining > 0:
+        gateway.refund(state.reference, amount=remaining, idempotency_key=f"{key}:refund")
+        state = gateway.retrieve(state.reference)
+    return state
+
+
+def holds_money(state: IntentState) -> bool:
+    """Whether an intent holds or took money that nobody gave back (or may, on 3-D Secure)."""
+    return state.status in (IntentStatus.REQUIRES_CAPTURE, IntentStatus.REQUIRES_ACTION,
+                            IntentStatus.PROCESSING) or (
+        state.status is IntentStatus.SUCCEEDED and state.amount_received > state.amount_refunded)
+
+
+def known_references(session: Session, *, references: list[str]) -> set[str]:
+    found = session.scalars(select(Payment.reference).where(Payment.reference.in_(references)))
+    return {reference for reference in found if reference is not None}
+
+
+def expiring(session: Session, *, authorized_before: dt.datetime, limit: int) -> list[uuid.UUID]:
+    """Orders whose authorization is older than ``authorized_before`` and still held."""
+    return list(session.scalars(
+        select(Payment.order_id).where(Payment.status == PaymentStatus.AUTHORIZED,
+                                       Payment.created_at < authorized_before)
+        .order_by(Payment.created_at).limit(limit)))
 
 
 def classify(payment: Payment, state: IntentState) -> Result:

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shop.messaging.models import OutboxMessage
-from shop.orders import attention, reconcile, service, steps, sweeper
+from shop.orders import attention, giving_up, reconcile, service, steps, sweeper
 from shop.orders.models import Attention, Order, Product
 from shop.orders.workflow import TaskName
 from shop.payments.gateway import IntentStatus, PaymentProviderError, PaymentTransientError
@@ -70,7 +70,7 @@ def to_reserved(session: Session, order_id: uuid.UUID, gateway: FakeGateway) -> 
 
 
 def give_up(session: Session, task: TaskName, order_id: uuid.UUID, owner: str = "g") -> None:
-    steps.give_up(session, task=task, order_id=order_id, error="provider kept failing",
+    giving_up.give_up(session, task=task, order_id=order_id, error="provider kept failing",
                   owner=owner)
 
 
