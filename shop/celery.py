@@ -26,6 +26,8 @@ from kombu.entity import Exchange, Queue
 
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
+from shop.messaging import dispatch, relay
+from shop.messaging.models import OutboxMessage
 from shop.orders.steps import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
 from shop.orders.workflow import TaskName
 
@@ -107,6 +109,29 @@ def declare_topology(connection: Connection) -> None:
 
 app = Celery("shop", include=["shop.orders.tasks"])
 configure(app, get_settings())
+
+DIRECT_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                        "interval_max": 0.2}
+
+
+def _publish_now(message: OutboxMessage, countdown: float) -> None:
+    """Publish a just-committed outbox row from this process (``shop.messaging.dispatch``)."""
+    with app.producer_or_acquire() as producer:
+        relay.send(app, producer, message, countdown=countdown,
+                   retry_policy=DIRECT_PUBLISH_RETRY)
+
+
+dispatch.install(_publish_now)
+
+
+def reconfigure(settings: Settings) -> None:
+    """Point this process's app at other settings (tests that start a fresh vhost):
+    the queues and connection pools built from the old ones are dropped."""
+    configure(app, settings)
+    app.__dict__.pop("amqp", None)
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
 
 
 @worker_process_init.connect

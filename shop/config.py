@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 
     relay_batch_size: int = Field(default=100, ge=1)
     relay_poll_interval: float = Field(default=0.1, gt=0)
+    publish_on_commit: bool = True
+    outbox_grace_seconds: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
@@ -123,6 +125,11 @@ class Settings(BaseSettings):
         if self.payment_provider is not None:
             return self.payment_provider
         return "stripe" if self.stripe_api_key is not None else "dummy"
+
+    @property
+    def relay_grace(self) -> float:
+        """How long the relay leaves a row to its direct publish and its consumer."""
+        return self.outbox_grace_seconds if self.publish_on_commit else 0.0
 
     @property
     def webhook_secrets(self) -> list[str]:

@@ -91,11 +91,12 @@ def _sqlite_now(element: db_now, compiler: SQLCompiler, **_: Any) -> str:
             " || '000')")
 
 
-def insert_for(session: Session, table: Table) -> Insert:
-    """An INSERT with ``on_conflict_do_*`` for the session's database (PostgreSQL, SQLite)."""
+def insert_for(session: Session, target: Table | type[Any]) -> Insert:
+    """An INSERT with ``on_conflict_do_*`` for the session's database (PostgreSQL, SQLite);
+    ``target`` is a table, or a mapped class (to get rows back as objects)."""
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table)  # type: ignore[no-any-return]
+    return module.insert(target)  # type: ignore[no-any-return]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from shop.config import get_settings
 from shop.db import session_scope
 from shop.exceptions import BusyError, PermanentError, TransientError
-from shop.messaging.service import count_delivery, delivery_count
+from shop.messaging.service import count_delivery, delivery_count, mark_consumed
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def run_step(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp
             return
     try:
         with session_scope() as session:
+            mark_consumed(session, message_id=str(request.id))
             work(session)
     except BUSY as exc:
         if request.retries >= MAX_BUSY_RETRIES:

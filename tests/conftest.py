@@ -30,6 +30,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("SHOP_DATABASE_URL", f"sqlite:///{tmp_path}/shop.sqlite3")
     monkeypatch.setenv("SHOP_BROKER_URL", f"filesystem://{tmp_path}/broker")
     monkeypatch.setenv("SHOP_MAIL_DIR", str(tmp_path / "mail"))
+    # In-process code leaves messages to the relay; the stacks of real processes
+    # (tests/fixtures/stack.py) turn publishing on commit back on.
+    monkeypatch.setenv("SHOP_PUBLISH_ON_COMMIT", "false")
     get_settings.cache_clear()
     reset_engine()
     yield

@@ -44,6 +44,7 @@ class Publisher:
         self.on_connect = on_connect
         self._connection: Connection | None = None
         self._producer: Producer | None = None
+        self._depths: dict[str, int] = {}
 
     def _get_producer(self) -> Producer:
         if self._producer is None:
@@ -55,17 +56,26 @@ class Publisher:
         return self._producer
 
     def __call__(self, message: OutboxMessage) -> None:
-        producer = self._get_producer()
-        if message.kind == "task":
-            self.app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
-                               producer=producer, retry=True, retry_policy=PUBLISH_RETRY)
-            return
-        exchange = Exchange(message.exchange, type="topic", durable=True)
-        producer.publish(
-            message.payload, exchange=exchange, routing_key=message.name,
-            declare=[exchange], serializer="json", delivery_mode=2,
-            message_id=str(message.id), retry=True, retry_policy=PUBLISH_RETRY,
-        )
+        send(self.app, self._get_producer(), message)
+
+    def backlogged(self, message: OutboxMessage) -> bool:
+        """Whether the task's queue still holds ready messages (RabbitMQ only): then its
+        published copy is waiting its turn, not lost. Looked up once per queue a pass."""
+        if message.kind != "task" or not self.app.conf.broker_url.startswith(("amqp", "pyamqp")):
+            return False
+        queue = _queue_of(self.app, message.name)
+        if queue not in self._depths:
+            try:
+                declared = self._get_producer().channel.queue_declare(queue, passive=True)
+                self._depths[queue] = int(declared.message_count)
+            except Exception as exc:  # an unknown queue, a broker hiccup: publish anyway
+                log.debug("queue depth of %s unknown: %s", queue, exc)
+                self.reset()  # a refused passive declare closes the channel
+                self._depths[queue] = 0
+        return self._depths[queue] > 0
+
+    def new_pass(self) -> None:
+        self._depths.clear()
 
     def reset(self) -> None:
         """Drop the broker connection after a failure; the next publish reconnects."""
@@ -77,10 +87,40 @@ class Publisher:
                 log.debug("closing a broken connection: %s", exc)
 
 
+def send(app: Celery, producer: Producer, message: OutboxMessage, countdown: float = 0,
+         retry_policy: dict[str, float] | None = None) -> None:
+    """Publish one outbox row: a task through the Celery app (its id is the row id), or
+    an event to its topic exchange (persistent JSON, the row id as ``message_id``)."""
+    policy = retry_policy or PUBLISH_RETRY
+    if message.kind == "task":
+        app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
+                      producer=producer, countdown=countdown or None, retry=True,
+                      retry_policy=policy)
+        return
+    exchange = Exchange(message.exchange, type="topic", durable=True)
+    producer.publish(
+        message.payload, exchange=exchange, routing_key=message.name,
+        declare=[exchange], serializer="json", delivery_mode=2,
+        message_id=str(message.id), retry=True, retry_policy=policy,
+    )
+
+
+def _queue_of(app: Celery, task_name: str) -> str:
+    routes: dict[str, dict[str, str]] = app.conf.task_routes or {}
+    route = routes.get(task_name) or next(
+        (r for pattern, r in routes.items()
+         if pattern.endswith("*") and task_name.startswith(pattern[:-1])), None)
+    return route["queue"] if route else str(app.conf.task_default_queue)
+
+
 def relay_once(publisher: Publisher) -> int:
     """One pass over due rows; returns how many were published."""
+    settings = get_settings()
+    publisher.new_pass()
     with session_scope() as session:
-        return relay_batch(session, publish=publisher, limit=get_settings().relay_batch_size)
+        return relay_batch(session, publish=publisher, limit=settings.relay_batch_size,
+                           grace=settings.relay_grace,
+                           waits=publisher.backlogged if settings.relay_grace else None)
 
 
 def run(app: Celery, stop: threading.Event | None = None,

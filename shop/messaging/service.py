@@ -1,7 +1,11 @@
-"""Writing to the outbox, and the relay's claim-publish-mark cycle.
+"""Writing to the outbox, marking messages consumed, and the relay's claim-publish-mark
+cycle.
 
-Messages are added to the caller's session and leave only after its commit: a
-crash between commit and publish leaves the row for the relay to send later.
+Messages are added to the caller's session and leave only after its commit: the
+process that committed publishes them at once (``shop.messaging.dispatch``), and the
+step that consumes one marks its row in its own transaction. The relay publishes
+only rows nobody consumed within a grace period (a crash between commit and publish,
+a broker that was down), so it is a safety net off the hot path.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from shop.db import db_now, utcnow
 from shop.messaging.models import OutboxMessage, TaskDelivery
 
 Publish = Callable[[OutboxMessage], None]
+DELAYS = "shop.outbox.delays"
 MAX_DEFER = 10.0  # seconds a failed row waits at most before the relay tries it again
 
 
@@ -30,6 +35,8 @@ def enqueue_task(
         id=message_id or uuid.uuid4(), kind="task", name=str(name), exchange=None,
         payload=kwargs, available_at=db_now(delay),
     )
+    if delay > 0:  # what a direct publish after the commit gives as countdown
+        session.info.setdefault(DELAYS, {})[message.id] = delay
     session.add(message)
     return message
 
@@ -47,16 +54,51 @@ def enqueue_event(
     return message
 
 
-def relay_batch(session: Session, *, publish: Publish, limit: int) -> int:
+def mark_consumed(session: Session, *, message_id: str) -> None:
+    """Note, in the consuming step's own transaction, that its message arrived, so the
+    relay never sends it again (no extra commit: the step's commit carries it)."""
+    try:
+        key = uuid.UUID(message_id)
+    except ValueError:
+        return  # not an outbox message (e.g. sent by beat)
+    session.execute(update(OutboxMessage)
+                    .where(OutboxMessage.id == key, OutboxMessage.published_at.is_(None))
+                    .values(published_at=db_now()))
+
+
+def hand_to_relay(session: Session, *, message_ids: list[uuid.UUID], grace: float) -> None:
+    """Messages whose direct publish failed: due for the relay now, not after the grace
+    (the caller commits)."""
+    session.execute(update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(message_ids), OutboxMessage.published_at.is_(None))
+                    .values(available_at=db_now(-grace)))
+
+
+def mark_published(session: Session, *, message_ids: list[uuid.UUID]) -> None:
+    """Messages the broker confirmed and nothing of ours will mark (the caller commits)."""
+    session.execute(update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(message_ids), OutboxMessage.published_at.is_(None))
+                    .values(published_at=db_now()))
+
+
+def relay_batch(session: Session, *, publish: Publish, limit: int, grace: float = 0,
+                waits: Callable[[OutboxMessage], bool] | None = None) -> int:
     """Publish up to ``limit`` due messages; returns how many went out.
+
+    Rows are due ``grace`` seconds late: their committer published them already, and
+    their consumer (or, for events, the committer) marks them; the relay only sends
+    what neither did.
 
     Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL), so several relays
     share the work without sending a message twice; SQLite serializes writers instead.
     A publish failure leaves the row (and the rest of the batch) for a later pass.
+    ``waits`` holds back rows whose consumer is merely slow: a queue with a backlog
+    will deliver its published copy in time, and a second copy would only add load.
     """
     due = (
         select(OutboxMessage)
-        .where(OutboxMessage.published_at.is_(None), OutboxMessage.available_at <= db_now())
+        .where(OutboxMessage.published_at.is_(None),
+               OutboxMessage.available_at <= db_now(-grace))
         .order_by(OutboxMessage.available_at, OutboxMessage.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -64,13 +106,16 @@ def relay_batch(session: Session, *, publish: Publish, limit: int) -> int:
     sent = 0
     try:
         for message in session.scalars(due).all():
+            if waits is not None and waits(message):
+                continue
             try:
                 publish(message)
             except Exception as exc:
                 # Step aside so one unpublishable row cannot block the rows behind it.
                 message.attempts += 1
                 message.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                message.available_at = db_now(min(MAX_DEFER, 0.5 * 2 ** min(message.attempts, 10)))
+                step_aside = min(MAX_DEFER, 0.5 * 2 ** min(message.attempts, 10))
+                message.available_at = db_now(step_aside - grace)
                 raise
             message.published_at = utcnow()
             sent += 1

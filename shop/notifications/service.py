@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Integer, cast, or_, select, update
@@ -53,8 +53,13 @@ def send_notification(
     mailer: Mailer,
     sender: str,
     lease_seconds: float = 120,
+    on_sent: Callable[[], None] | None = None,
 ) -> bool:
-    """Send the email for ``key`` unless it was sent; True if this call sent it."""
+    """Send the email for ``key`` unless it was sent; True if this call sent it.
+
+    ``on_sent`` runs in the transaction that marks the email sent (e.g. to put it on
+    an order's timeline), so both land in one commit.
+    """
     if not recipients:
         raise ValueError("a notification needs at least one recipient")
     if session.new or session.dirty or session.deleted:
@@ -79,7 +84,7 @@ def send_notification(
         raise
     # Any other exception keeps the claim: whether the email left is unknown, so
     # only the lease's expiry allows a resend.
-    _mark_sent(session, key=key)
+    _mark_sent(session, key=key, on_sent=on_sent)
     return True
 
 
@@ -150,10 +155,12 @@ def _release(session: Session, *, key: str, error: MailError) -> None:
     session.commit()
 
 
-def _mark_sent(session: Session, *, key: str) -> None:
+def _mark_sent(session: Session, *, key: str, on_sent: Callable[[], None] | None) -> None:
     session.execute(
         update(Notification)
         .where(Notification.key == key)
         .values(status=SENT, sent_at=utcnow())
     )
+    if on_sent is not None:
+        on_sent()
     session.commit()

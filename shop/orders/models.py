@@ -17,8 +17,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    inspect,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 
 from shop.db import Base, UTCDateTime, utcnow
 from shop.orders.states import Event, OrderStatus, Stage, Step, next_stage
@@ -127,9 +128,19 @@ class Order(Base):
     def record(self, type_: str, *, detail: dict[str, Any] | None = None,
                at: dt.datetime | None = None, internal: dict[str, Any] | None = None,
                actor: str | None = None) -> None:
-        """Append a timeline entry that is not a status change (e.g. an email sent)."""
-        self.events.append(OrderEvent(type=type_, detail=detail or {}, at=at or utcnow(),
-                                      internal=internal or None, actor=actor))
+        """Append a timeline entry that is not a status change (e.g. an email sent).
+
+        The entry is added without loading the timeline when it is not loaded already:
+        a step writes one row, it does not read the order's whole history.
+        """
+        entry = OrderEvent(type=type_, detail=detail or {}, at=at or utcnow(),
+                           internal=internal or None, actor=actor)
+        session = object_session(self)
+        if session is None or "events" not in inspect(self).unloaded:
+            self.events.append(entry)
+        else:
+            entry.order_id = self.id
+            session.add(entry)
 
 
 class OrderLine(Base):
@@ -149,6 +160,7 @@ class OrderLine(Base):
     line_total: Mapped[int] = mapped_column(BigInteger)
 
     order: Mapped[Order] = relationship(back_populates="lines")
+    product: Mapped[Product] = relationship(viewonly=True)
 
 
 class OrderEvent(Base):

@@ -133,7 +133,7 @@ def _while_in_flight(session: Session, *, order: Order, result: Result) -> str:
              event=Event.PAYMENT_CANCELLED, detail={"reference": result.reference})
         return "failed"
     if order.current_stage is Stage.RESERVED and result.outcome is Outcome.CAPTURED:
-        settle_capture(session, order=order, result=result)  # a capture whose answer was lost
+        settle_capture(session, order=order, result=result, was_unknown=True)  # answer lost
         return "confirmed"
     return "unchanged"
 

@@ -128,7 +128,7 @@ def settle_unknown_capture(session: Session, *, order_id: uuid.UUID, gateway: Pa
             return False
         order.record("payment.reconciled", detail={"reference": result.reference},
                      internal={"provider_outcome": result.outcome.value})
-        steps.settle_capture(session, order=order, result=result)
+        steps.settle_capture(session, order=order, result=result, was_unknown=True)
         order.lease_owner = order.lease_until = None
         session.commit()
     return True

@@ -32,9 +32,9 @@ def list_products(session: SessionDep) -> list[ProductOut]:
 def place_order(body: OrderIn, session: SessionDep, response: Response,
                 idempotency_key: IdempotencyKeyHeader = None) -> OrderOut:
     """Accept an order; the workflow runs in the background."""
-    order = service.place_order(session, data=body, idempotency_key=idempotency_key)
+    order, created = service.place_order(session, data=body, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/orders/{order.id}"
-    return service.order_view(session, order=order)
+    return service.order_view(session, order=order, new=created)
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut,

@@ -45,21 +45,26 @@ def request_hash(data: OrderIn) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def place_order(session: Session, *, data: OrderIn, idempotency_key: str | None) -> Order:
-    """Write the order, its lines, its first event and its workflow message in one commit.
+def place_order(session: Session, *, data: OrderIn,
+                idempotency_key: str | None) -> tuple[Order, bool]:
+    """Write the order, its lines, its first event and its workflow message in one commit;
+    returns the order and whether this call created it.
 
-    A repeated ``idempotency_key`` returns the order it created before; the primary
-    key on ``idempotency_keys`` decides races, not a read-then-write.
+    A repeated ``idempotency_key`` returns the order it created before. The primary key
+    on ``idempotency_keys`` decides, not a read-then-write: the first checkout reads
+    nothing extra, and a repeat finds its order when its own insert is refused.
     """
     fingerprint = request_hash(data)
-    if idempotency_key is not None:
+    try:
+        order = _build_order(session, data=data)
+    except InvalidRequest:  # the catalogue may have changed since the first checkout
         existing = _replay(session, key=idempotency_key, fingerprint=fingerprint)
-        if existing is not None:
-            return existing
-    order = _build_order(session, data=data)
+        if existing is None:
+            raise
+        return existing, False
     session.add(order)
     if idempotency_key is not None:
-        session.flush()
+        session.flush()  # the key refers to the order: the order's row goes first
         session.add(IdempotencyKey(key=idempotency_key, request_hash=fingerprint,
                                    order_id=order.id))
     workflow.start(session, order=order)
@@ -67,16 +72,16 @@ def place_order(session: Session, *, data: OrderIn, idempotency_key: str | None)
         session.commit()
     except IntegrityError:
         session.rollback()
-        if idempotency_key is None:
-            raise
         existing = _replay(session, key=idempotency_key, fingerprint=fingerprint)
         if existing is None:
             raise
-        return existing
-    return order
+        return existing, False
+    return order, True
 
 
-def _replay(session: Session, *, key: str, fingerprint: str) -> Order | None:
+def _replay(session: Session, *, key: str | None, fingerprint: str) -> Order | None:
+    if key is None:
+        return None
     record = session.get(IdempotencyKey, key)
     if record is None:
         return None
@@ -139,10 +144,10 @@ def get_order(session: Session, *, order_id: uuid.UUID) -> Order:
     return order
 
 
-def order_view(session: Session, *, order: Order) -> OrderOut:
-    """The contract's JSON shape of an order."""
-    payment = payments.latest_attempt(session, order_id=order.id)
-    fulfillment = session.scalar(
+def order_view(session: Session, *, order: Order, new: bool = False) -> OrderOut:
+    """The contract's JSON shape of an order (``new``: just placed, nothing to look up)."""
+    payment = None if new else payments.latest_attempt(session, order_id=order.id)
+    fulfillment = None if new else session.scalar(
         select(FulfillmentRequest).where(FulfillmentRequest.order_id == order.id)
     )
     failure = None

@@ -20,7 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shop.db import db_now
+from shop.db import db_now, insert_for, utcnow
 from shop.exceptions import BusyError
 from shop.messaging.service import enqueue_event
 from shop.notifications.mailer import Mailer
@@ -82,12 +82,38 @@ def leased(session: Session, *, order_id: uuid.UUID, owner: str) -> Iterator[Non
     so the retry does not wait for the lease to run out.
     """
     claim_lease(session, order_id=order_id, owner=owner)
+    with given_back_on_failure(session, order_id=order_id, owner=owner):
+        yield
+
+
+@contextmanager
+def given_back_on_failure(session: Session, *, order_id: uuid.UUID,
+                          owner: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
         session.rollback()
         end_lease(session, order_id=order_id, owner=owner)
         raise
+
+
+def claim(session: Session, *, order_id: uuid.UUID, stage: Stage, owner: str) -> Order | None:
+    """The order at ``stage``, with its lease taken for ``owner``, in one statement that
+    checks the stage, takes the lease and reads the order (not committed: the caller's
+    first commit carries it). ``None`` if the order moved on; ``OrderBusy`` if another
+    copy holds it."""
+    order = session.scalars(
+        update(Order)
+        .where(Order.id == order_id, Order.stage == stage,
+               or_(Order.lease_until.is_(None), Order.lease_until < db_now(),
+                   Order.lease_owner == owner))
+        .values(lease_owner=owner, lease_until=db_now(LEASE_SECONDS))
+        .returning(Order)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    ).one_or_none()
+    if order is None and session.scalar(select(Order.stage).where(Order.id == order_id)) == stage:
+        raise OrderBusy(str(order_id))
+    return order
 
 
 def end_lease(session: Session, *, order_id: uuid.UUID, owner: str) -> None:
@@ -105,9 +131,10 @@ def _end_lease(order: Order) -> None:
     order.lease_until = None
 
 
-def at_stage(session: Session, *, order_id: uuid.UUID, stage: Stage) -> Order | None:
+def at_stage(session: Session, *, order_id: uuid.UUID, stage: Stage,
+             lines: bool = False, products: bool = False) -> Order | None:
     """The order if it is at ``stage``; ``None`` means this step's work is done or moot."""
-    order = load(session, order_id=order_id)
+    order = load(session, order_id=order_id, lines=lines, products=products)
     return order if order is not None and order.current_stage is stage else None
 
 
@@ -124,10 +151,10 @@ def at_again(session: Session, *, order_id: uuid.UUID, stage: Stage,
 
 def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
     """Fail the order before any payment if the shelf cannot cover it."""
-    order = at_stage(session, order_id=order_id, stage=Stage.PLACED)
+    order = at_stage(session, order_id=order_id, stage=Stage.PLACED, products=True)
     if order is None:
         return
-    short = shortages(session, order=order)
+    short = shortages(order)
     if short:
         fail(session, order=order, step=Step.INVENTORY, reason="out_of_stock",
              event=Event.INVENTORY_SHORT, detail={"skus": short})
@@ -139,17 +166,17 @@ def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
 def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                    owner: str) -> None:
     """Authorize the order's total (manual capture); a decline or refusal fails the order."""
-    order = at_stage(session, order_id=order_id, stage=Stage.IN_STOCK)
+    order = claim(session, order_id=order_id, stage=Stage.IN_STOCK, owner=owner)
     if order is None:
         return
-    with leased(session, order_id=order_id, owner=owner):
-        payment = _attempt_of(session, order=order, gateway=gateway)
+    with given_back_on_failure(session, order_id=order_id, owner=owner):
+        payment = payments.open_attempt(
+            session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
+            currency=order.currency, provider=gateway.name)
+        session.commit()  # the lease, the attempt's row and the message's mark, together
         result = payments.authorize(session, payment=payment, payment_method=order.payment_method,
                                     gateway=gateway)
-        order = at_again(session, order_id=order_id, stage=Stage.IN_STOCK, owner=owner)
-        if order is None:
-            return
-        payments.record(session, result=result)
+        payments.record(session, result=result, payment=payment)
         detail = {"reference": result.reference, "attempt": order.payment_attempt}
         if result.outcome is Outcome.AUTHORIZED:
             advance(session, order=order, event=Event.PAYMENT_AUTHORIZED, detail=detail)
@@ -163,15 +190,9 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
         session.commit()
 
 
-def _attempt_of(session: Session, *, order: Order, gateway: PaymentGateway) -> Payment:
-    return payments.open_attempt(
-        session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
-        currency=order.currency, provider=gateway.name)
-
-
 def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
     """Hold the units for every line, or fail the order and release its authorization."""
-    order = at_stage(session, order_id=order_id, stage=Stage.AUTHORIZED)
+    order = at_stage(session, order_id=order_id, stage=Stage.AUTHORIZED, lines=True)
     if order is None:
         return
     if reserve_lines(session, order=order):
@@ -190,24 +211,28 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
 def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                     owner: str) -> None:
     """Take the authorized money, then confirm the order (and fan out)."""
-    order = at_stage(session, order_id=order_id, stage=Stage.RESERVED)
+    order = claim(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
     if order is None:
         return
-    with leased(session, order_id=order_id, owner=owner):
-        payment = _attempt_of(session, order=order, gateway=gateway)
+    with given_back_on_failure(session, order_id=order_id, owner=owner):
+        payment = payments.find_attempt(session, order_id=order_id, attempt=order.payment_attempt)
+        assert payment is not None, "a reserved order has an authorized attempt"
+        session.commit()
         result = payments.capture(payment=payment, amount=order.total, gateway=gateway)
-        order = at_again(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
-        if order is None:
-            return
-        settle_capture(session, order=order, result=result)
+        settle_capture(session, order=order, result=result, payment=payment)
         _end_lease(order)
         session.commit()
 
 
-def settle_capture(session: Session, *, order: Order, result: payments.Result) -> None:
-    """Follow what the provider says of a reserved order's money (the caller commits)."""
-    payments.record(session, result=result)
-    attention.resolve(session, order_id=order.id, kind=attention.Kind.PAYMENT_UNKNOWN)
+def settle_capture(session: Session, *, order: Order, result: payments.Result,
+                   payment: Payment | None = None, was_unknown: bool = False) -> None:
+    """Follow what the provider says of a reserved order's money (the caller commits).
+
+    ``was_unknown``: the order was flagged for reconciliation, which this settles.
+    """
+    payments.record(session, result=result, payment=payment)
+    if was_unknown:
+        attention.resolve(session, order_id=order.id, kind=attention.Kind.PAYMENT_UNKNOWN)
     detail = {"reference": result.reference, "amount": result.captured}
     if result.outcome is Outcome.CAPTURED:
         advance(session, order=order, event=Event.PAYMENT_CAPTURED, detail=detail)
@@ -224,7 +249,7 @@ def settle_capture(session: Session, *, order: Order, result: payments.Result) -
 def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
                       sender: str) -> None:
     """Email the customer once; the ledger turns repeats into no-ops."""
-    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED)
+    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED, lines=True)
     if order is None:
         return
     context = {"order": {
@@ -235,39 +260,37 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
                    "unit_price": x.unit_price, "line_total": x.line_total}
                   for x in order.lines],
     }}
-    sent = send_notification(
+    confirmed = order
+    send_notification(
         session, key=f"{CONFIRMATION_KIND}:{order.id}", kind=CONFIRMATION_KIND,
         order_id=order.id, recipients=[order.email],
         template="notifications/order_confirmation", context=context, mailer=mailer,
-        sender=sender, lease_seconds=EMAIL_LEASE_SECONDS)
-    if sent:
-        order = load(session, order_id=order_id)
-        assert order is not None
-        order.record("email.confirmation_sent", detail={"to": order.email})
-        attention.resolve(session, order_id=order_id, kind=attention.Kind.EMAIL_FAILED)
-        session.commit()
+        sender=sender, lease_seconds=EMAIL_LEASE_SECONDS,
+        on_sent=lambda: confirmed.record("email.confirmation_sent",
+                                         detail={"to": confirmed.email}))
 
 
 def request_fulfillment(session: Session, *, order_id: uuid.UUID) -> None:
     """Record the warehouse request and publish it once, via the outbox."""
-    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED)
+    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED, lines=True)
     if order is None:
         return
-    if session.scalar(select(FulfillmentRequest.id).where(
-            FulfillmentRequest.order_id == order_id)) is not None:
+    request_id = session.execute(
+        insert_for(session, FulfillmentRequest.__table__)  # type: ignore[arg-type]
+        .values(id=uuid.uuid4(), order_id=order.id, status="requested", created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["order_id"])  # type: ignore[attr-defined]
+        .returning(FulfillmentRequest.id)).scalar()
+    if request_id is None:  # requested before, by another copy of this step
         return
-    request = FulfillmentRequest(id=uuid.uuid4(), order_id=order.id)
-    session.add(request)
     enqueue_event(session, exchange=EVENTS_EXCHANGE, routing_key=FULFILLMENT_ROUTING_KEY,
-                  message_id=request.id, body={
-                      "message_id": str(request.id), "order_id": str(order.id),
+                  message_id=request_id, body={
+                      "message_id": str(request_id), "order_id": str(order.id),
                       "email": order.email, "name": order.name,
                       "lines": [{"sku": x.sku, "name": x.name, "quantity": x.quantity}
                                 for x in order.lines],
                       "shipping_address": order.shipping_address,
                   })
-    order.record("fulfillment.requested", detail={"message_id": str(request.id)})
-    attention.resolve(session, order_id=order_id, kind=attention.Kind.FULFILLMENT_FAILED)
+    order.record("fulfillment.requested", detail={"message_id": str(request_id)})
     try:
         session.commit()
     except IntegrityError:  # a concurrent copy recorded it first

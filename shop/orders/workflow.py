@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shop.messaging.service import enqueue_task
-from shop.orders.models import Order, Product
+from shop.orders.models import Order, OrderLine, Product
 from shop.orders.states import Event, Stage, Step, customer_message
 from shop.payments import service as payments
 
@@ -97,11 +97,15 @@ def advance(
     continue_from(session, order=order)
 
 
-def load(session: Session, *, order_id: uuid.UUID, for_update: bool = False) -> Order | None:
+def load(session: Session, *, order_id: uuid.UUID, lines: bool = False,
+         products: bool = False) -> Order | None:
+    """The order, or None; with its lines (and their products) in the same statement."""
     query = select(Order).where(Order.id == order_id)
-    if for_update:
-        query = query.with_for_update()
-    return session.scalar(query)
+    if products:
+        query = query.options(joinedload(Order.lines).joinedload(OrderLine.product))
+    elif lines:
+        query = query.options(joinedload(Order.lines))
+    return session.scalars(query).unique().one_or_none()
 
 
 def compensate(session: Session, *, order: Order) -> None:
@@ -137,12 +141,9 @@ def fail(
             internal={"error": error} if error else None)
 
 
-def shortages(session: Session, *, order: Order) -> list[str]:
+def shortages(order: Order) -> list[str]:
     """SKUs of the order's lines that the shelf cannot cover right now."""
-    skus = [line.sku for line in order.lines]
-    stock = {p.sku: p.available
-             for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
-    return [line.sku for line in order.lines if stock.get(line.sku, 0) < line.quantity]
+    return [line.sku for line in order.lines if line.product.available < line.quantity]
 
 
 def reserve_lines(session: Session, *, order: Order) -> bool:

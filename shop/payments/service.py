@@ -4,9 +4,9 @@ Rules that keep money right under redelivery:
 - the provider idempotency key is ``<order id>:<attempt>:<operation>``, never random;
 - the intent id is stored (and committed) before the intent is confirmed, so a re-run
   asks the provider about that intent instead of creating another;
-- no provider call happens inside a database transaction, so ``open_attempt`` and
-  ``authorize`` commit their own small writes (the row, the intent id, a decline
-  reason) before calling out: these are the module's deliberate extra commits;
+- no provider call happens inside a database transaction, so ``authorize`` commits its
+  own small writes (the intent id, a decline reason) before calling out: these are
+  the module's deliberate extra commits;
 - what the provider said comes back as a ``Result`` whose ``Outcome`` the orders
   domain maps to a transition; ``record`` (the only writer of ``Payment.status``)
   stores it in the caller's transaction, beside that transition.
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from shop.db import utcnow
+from shop.db import insert_for, utcnow
 from shop.payments.gateway import (
     IntentState,
     IntentStatus,
@@ -87,20 +87,21 @@ def open_attempt(
     session: Session, *, order_id: uuid.UUID, attempt: int, amount: int, currency: str,
     provider: str,
 ) -> Payment:
-    """The payment row of this attempt, created (and committed) if it is new."""
-    payment = find_attempt(session, order_id=order_id, attempt=attempt)
-    if payment is not None:
-        session.commit()  # end the read: no transaction stays open across provider calls
-        return payment
-    session.add(Payment(order_id=order_id, attempt=attempt, provider=provider, amount=amount,
-                        currency=currency, idempotency_key=attempt_key(order_id, attempt)))
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent copy of the step created it first
-        session.rollback()
+    """The payment row of this attempt, created if it is new (no commit: the caller's
+    commit, before any provider call, carries it)."""
+    created: Payment | None = session.scalars(
+        insert_for(session, Payment)
+        .values(order_id=order_id, attempt=attempt, provider=provider, amount=amount,
+                currency=currency, idempotency_key=attempt_key(order_id, attempt),
+                status=PaymentStatus.CREATED, amount_captured=0, amount_refunded=0,
+                created_at=utcnow(), updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["order_id", "attempt"])  # type: ignore[attr-defined]
+        .returning(Payment)
+        .execution_options(populate_existing=True)).one_or_none()
+    if created is not None:
+        return created
     payment = find_attempt(session, order_id=order_id, attempt=attempt)
     assert payment is not None
-    session.commit()
     return payment
 
 
@@ -150,14 +151,17 @@ def _create_intent(
         .where(Payment.id == payment.id, Payment.reference.is_(None))
         .values(reference=state.reference, status=PaymentStatus.PENDING,
                 client_secret=state.client_secret)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
     if stored.rowcount == 0:  # type: ignore[attr-defined]
         session.refresh(payment)
         if payment.reference != state.reference:
             _cancel_quietly(gateway, state.reference, f"{payment.idempotency_key}:orphan")
-    else:
-        session.refresh(payment)
+    else:  # what was just stored, without reading it back
+        for name, value in (("reference", state.reference), ("status", PaymentStatus.PENDING),
+                            ("client_secret", state.client_secret)):
+            set_committed_value(payment, name, value)
     assert payment.reference is not None
     return payment.reference
 
@@ -323,13 +327,15 @@ _STATUS_OF: dict[Outcome, PaymentStatus] = {
 }
 
 
-def record(session: Session, *, result: Result) -> Payment:
+def record(session: Session, *, result: Result, payment: Payment | None = None) -> Payment:
     """Store what the provider said on the attempt, in the caller's transaction (no commit).
 
     The only writer of ``Payment.status``. Refunds the provider reports beyond what is
     recorded become ``Refund`` rows, so a refund is counted once however it is learnt.
+    ``payment`` is the attempt's row when the caller has it current (it saves a read).
     """
-    payment = session.get(Payment, result.payment_id, populate_existing=True)
+    if payment is None or payment.id != result.payment_id:
+        payment = session.get(Payment, result.payment_id, populate_existing=True)
     assert payment is not None
     if result.outcome is Outcome.NO_INTENT:
         if payment.status == PaymentStatus.CREATED:

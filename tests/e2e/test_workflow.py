@@ -208,7 +208,11 @@ class DoublingPublisher(relay.Publisher):
 
 def test_every_workflow_message_delivered_twice_changes_nothing(
         stack: Stack, api: TestClient, localstripe_url: str, smtp_server: Any,
-        vhost_url: str) -> None:
+        vhost_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every message goes through this test's doubling relay, none straight from a commit.
+    stack.env["SHOP_PUBLISH_ON_COMMIT"] = "false"
+    monkeypatch.setenv("SHOP_PUBLISH_ON_COMMIT", "false")
+    get_settings.cache_clear()
     warehouse = bind_warehouse_queue(vhost_url)
     stack.start_worker("w1")
     stack.start_worker("w2")

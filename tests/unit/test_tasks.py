@@ -63,6 +63,12 @@ class FakeTask:
         return Retried(countdown)
 
 
+@pytest.fixture(autouse=True)
+def no_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in task's message is not in any outbox (there is no database here)."""
+    monkeypatch.setattr(tasks, "mark_consumed", lambda *_a, **_k: None)
+
+
 @pytest.fixture
 def counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     seen: dict[str, int] = {}
