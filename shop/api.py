@@ -8,6 +8,7 @@ from shop import errors, health
 from shop.limits import BodyLimit
 from shop.orders import admin as orders_admin
 from shop.orders import router as orders_router
+from shop.reports import router as reports_router
 
 
 def create_app() -> FastAPI:
@@ -18,6 +19,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(orders_router.router)
     app.include_router(orders_admin.router)
+    app.include_router(reports_router.router)
     app.add_middleware(BodyLimit)
     return app
 

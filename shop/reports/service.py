@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -52,6 +52,7 @@ from shop.reports.schedule import DAILY_REPORT_TASK
 
 log = logging.getLogger(__name__)
 
+MailStatus = Literal["sent", "failed", "pending", "not_configured"]
 MAIL_KIND = "daily_report"
 # Above the report tasks' hard time limit: a send cannot outlive its claim.
 MAIL_LEASE_SECONDS = 300.0
@@ -78,6 +79,7 @@ class Result:
     report: DailyReport
     built: bool  # built by this call
     mailed: bool  # an email left during this call
+    mail_failure: MailError | None = None  # why it did not (recorded on the report)
 
 
 def mail_key(day: dt.date, resends: int) -> str:
@@ -86,7 +88,7 @@ def mail_key(day: dt.date, resends: int) -> str:
     return f"{key}:resend:{resends}" if resends else key
 
 
-def mail_status(report: DailyReport, settings: Settings) -> str:
+def mail_status(report: DailyReport, settings: Settings) -> MailStatus:
     """``sent``, ``failed`` (kept for an admin to resend), ``pending`` or ``not_configured``."""
     if report.mailed_at is not None:
         return "sent"
@@ -107,13 +109,18 @@ def daily_report(session: Session, *, day: dt.date, resend: bool, settings: Sett
                  mailer: Mailer, now: dt.datetime) -> Result:
     """Build the day's report unless stored, then mail it unless mailed (or ``resend``).
 
-    A failed email is recorded on the report (``mail_error``) and re-raised.
+    A failed email leaves the report stored and unsent (``mail_error`` says why); the
+    result carries the error for the caller to retry or to show.
     """
     check_day(day, timezone=settings.timezone, now=now)
     if resend and not settings.recipients:
         raise NoRecipients("resend needs SHOP_REPORT_RECIPIENTS")
     built = ensure_built(session, day=day, settings=settings, now=now)[1]
-    mailed = deliver(session, day=day, resend=resend, settings=settings, mailer=mailer)
+    try:
+        mailed = deliver(session, day=day, resend=resend, settings=settings, mailer=mailer)
+    except MailError as exc:
+        return Result(report=get_report(session, day=day), built=built, mailed=False,
+                      mail_failure=exc)
     return Result(report=get_report(session, day=day), built=built, mailed=mailed)
 
 

@@ -39,6 +39,10 @@ def daily_report_task(self: Task, day: str, resend: bool = False) -> None:
     def give_up(session: Session, exc: Exception) -> None:
         service.record_mail_failure(session, day=local_day, error=f"{type(exc).__name__}: {exc}")
 
-    run_step(self, lambda s: service.daily_report(
-        s, day=local_day, resend=resend, settings=settings, mailer=build_mailer(settings),
-        now=utcnow()), give_up)
+    def work(session: Session) -> None:
+        result = service.daily_report(session, day=local_day, resend=resend, settings=settings,
+                                      mailer=build_mailer(settings), now=utcnow())
+        if result.mail_failure is not None:  # transient: retried; permanent: given up
+            raise result.mail_failure
+
+    run_step(self, work, give_up)
