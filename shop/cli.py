@@ -89,7 +89,8 @@ def _report_daily(args: argparse.Namespace) -> int:
             print(f"{name}: the report for {day} is being mailed right now; try again shortly",
                   file=sys.stderr)
             return 1
-    print(rendering.text(result.report.data), end="")
+        text = rendering.text(result.report.data)
+    print(text, end="")
     print(f"{name}: {day} {'built now' if result.built else 'already stored, not rebuilt'}; "
           f"{_mail_line(result, settings.recipients)}", file=sys.stderr)
     return 1 if result.mail_failure is not None else 0

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from shop.reports.service import MailStatus
+
+
+def _iso_day(value: Any) -> Any:
+    """Only ``YYYY-MM-DD``: no timestamps, no datetimes that happen to be at midnight."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected a day as YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[dt.date, BeforeValidator(_iso_day)]
 
 
 class DailyReportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    date: dt.date = Field(description="The shop's local day (SHOP_TIMEZONE), YYYY-MM-DD; "
-                                      "it must have ended")
+    date: Day = Field(description="The shop's local day (SHOP_TIMEZONE), YYYY-MM-DD; "
+                                  "it must have ended")
     resend: bool = Field(default=False, description="Mail the stored report again "
                                                     "(it is not rebuilt)")
 
