@@ -32,12 +32,12 @@ def build(session: Session, *, day: dt.date, timezone: str, low_stock_below: int
     products = queries.product_sales(session, window)
     return {
         "version": VERSION,
-        **headline(session, window),
+        **headline(session, window, units=sum(p.units for p in products)),
         "timezone": timezone,
         "start": iso(window.start),
         "end": iso(window.end),
         "length_hours": window.hours,
-        "built_at": iso(now),
+        "built_at": iso(now.replace(microsecond=0)),
         "failures": [{"step": f.step, "reason": f.reason, "orders": f.orders}
                      for f in queries.failures(session, window)],
         "products": [_product(p) for p in products],
@@ -56,15 +56,16 @@ def _shift(window: Window, *, days: int) -> Window:
     return local_day(window.day - dt.timedelta(days=days), window.timezone)
 
 
-def headline(session: Session, window: Window) -> dict[str, Any]:
-    """The figures compared from day to day: order counts, money per currency, units."""
+def headline(session: Session, window: Window, *, units: int | None = None) -> dict[str, Any]:
+    """The figures compared from day to day: order counts, money per currency, units
+    (counted here unless the caller has them from the day's products)."""
     counts = queries.order_counts(session, window)
     return {
         "day": window.day.isoformat(),
         "orders": {"placed": counts.placed, "confirmed": counts.confirmed,
                    "failed": counts.failed, "cancelled": counts.cancelled},
         "money": money(queries.sales(session, window), queries.refunds(session, window)),
-        "units": queries.units(session, window),
+        "units": queries.units(session, window) if units is None else units,
     }
 
 

@@ -78,7 +78,8 @@ def change(current: int, before: int, currency: str | None = None) -> str:
     text = signed(delta, shown if delta else None)
     if delta and before:
         percent = abs(delta) * 100 / abs(before)
-        text += f" ({'+' if delta > 0 else _MINUS}{percent:.1f}%)"
+        shown_percent = f"{percent:.1f}" if percent >= 0.05 else "<0.1"
+        text += f" ({'+' if delta > 0 else _MINUS}{shown_percent}%)"
     return text
 
 

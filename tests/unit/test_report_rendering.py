@@ -94,6 +94,7 @@ def test_changes_are_signed_with_percentages_per_currency() -> None:
     assert rendering.change(7, 7) == "0"
     assert rendering.change(1250, 1000, "GBP") == "+2.50 GBP (+25.0%)"
     assert rendering.change(0, 3500, "JPY") == "\u22123,500 JPY (\u2212100.0%)"
+    assert rendering.change(3_160_253, 3_161_544, "JPY") == "\u22121,291 JPY (\u2212<0.1%)"
 
 
 def test_money_rows_cover_every_currency_of_the_three_days() -> None:
