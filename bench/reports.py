@@ -170,13 +170,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     per_statement: dict[int, float] = {}
     with psycopg.connect(conninfo, autocommit=True) as raw:
         for run in range(args.repeat + 1):  # the first is the warm-up
-            started = time.perf_counter()
-            for index, (statement, parameters) in enumerate(captured):
-                begun = time.perf_counter()
-                raw.execute(statement, parameters).fetchall()
-                per_statement[index] = max(per_statement.get(index, 0), time.perf_counter()
-                                           - begun)
-            bare = time.perf_counter() - started
+            bare = replay(raw, captured, per_statement)
             started = time.perf_counter()
             data = build()
             built = time.perf_counter() - started
@@ -198,6 +192,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "slowest": [(_what(captured[i][0]), seconds * 1000) for i, seconds in slowest],
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def replay(raw: Any, captured: list[tuple[str, Any]], slowest: dict[int, float]) -> float:
+    """Run the captured statements bare, fetching every row; seconds for all of them.
+
+    ``slowest`` keeps each statement's longest time."""
+    started = time.perf_counter()
+    for index, (statement, parameters) in enumerate(captured):
+        begun = time.perf_counter()
+        raw.execute(statement, parameters).fetchall()
+        slowest[index] = max(slowest.get(index, 0), time.perf_counter() - begun)
+    return time.perf_counter() - started
 
 
 def use_case(day: dt.date) -> float:
