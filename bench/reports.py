@@ -207,7 +207,7 @@ def replay(raw: Any, captured: list[tuple[str, Any]], slowest: dict[int, float])
 
 
 def use_case(day: dt.date) -> float:
-    """Time ``service.daily_report`` once: build, store and mail (to ``.eml`` files)."""
+    """Time ``service.run_daily_report`` once: build, store and mail (to ``.eml`` files)."""
     from shop.config import get_settings
     from shop.db import get_sessionmaker
     from shop.notifications.mailer import FileMailer
@@ -216,7 +216,7 @@ def use_case(day: dt.date) -> float:
     settings = get_settings().model_copy(update={"report_recipients": "bench@example.com"})
     with tempfile.TemporaryDirectory() as mail, get_sessionmaker()() as session:
         started = time.perf_counter()
-        result = service.daily_report(session, day=day, resend=False, settings=settings,
+        result = service.run_daily_report(session, day=day, resend=False, settings=settings,
                                       mailer=FileMailer(Path(mail)), now=dt.datetime.now(dt.UTC))
         elapsed = time.perf_counter() - started
         assert result.built

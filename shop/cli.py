@@ -79,7 +79,7 @@ def _report_daily(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope() as session:
         try:
-            result = service.daily_report(session, day=day, resend=args.resend,
+            result = service.run_daily_report(session, day=day, resend=args.resend,
                                           settings=settings, mailer=build_mailer(settings),
                                           now=utcnow())
         except service.ReportError as exc:

@@ -54,7 +54,7 @@ def post_daily(body: DailyReportIn, session: SessionDep, settings: SettingsDep,
     """Build the day's report unless stored, and mail it unless mailed; ``resend`` mails
     the stored report again. An email that fails leaves it stored with ``mail.error``."""
     try:
-        result = service.daily_report(session, day=body.date, resend=body.resend,
+        result = service.run_daily_report(session, day=body.date, resend=body.resend,
                                       settings=settings, mailer=build_mailer(settings),
                                       now=utcnow())
     except service.DayRefused as exc:

@@ -1,6 +1,6 @@
 """Daily report use cases: build a local day once, mail it once (again only on request).
 
-    daily_report        what ``shop report daily``, ``POST /admin/reports/daily`` and
+    run_daily_report    what ``shop report daily``, ``POST /admin/reports/daily`` and
                         the beat's per-day task run: build the day unless it has a
                         report, then mail it unless it was mailed (``resend``: again)
     build_due_reports   what beat runs every minute: build each due day that has no
@@ -105,8 +105,8 @@ def check_day(day: dt.date, *, timezone: str, now: dt.datetime) -> None:
         raise DayRefused(f"{day.isoformat()} has not ended yet in {timezone}")
 
 
-def daily_report(session: Session, *, day: dt.date, resend: bool, settings: Settings,
-                 mailer: Mailer, now: dt.datetime) -> Result:
+def run_daily_report(session: Session, *, day: dt.date, resend: bool, settings: Settings,
+                     mailer: Mailer, now: dt.datetime) -> Result:
     """Build the day's report unless stored, then mail it unless mailed (or ``resend``).
 
     A failed email leaves the report stored and unsent (``mail_error`` says why); the

@@ -40,7 +40,7 @@ def daily_report_task(self: Task, day: str, resend: bool = False) -> None:
         service.record_mail_failure(session, day=local_day, error=f"{type(exc).__name__}: {exc}")
 
     def work(session: Session) -> None:
-        result = service.daily_report(session, day=local_day, resend=resend, settings=settings,
+        result = service.run_daily_report(session, day=local_day, resend=resend, settings=settings,
                                       mailer=build_mailer(settings), now=utcnow())
         if result.mail_failure is not None:  # transient: retried; permanent: given up
             raise result.mail_failure

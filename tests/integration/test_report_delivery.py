@@ -93,7 +93,7 @@ def post(client: TestClient, **body: Any) -> Any:
 def run_report(resend: bool = False, mailer: Any = None) -> service.Result:
     settings = get_settings()
     with get_sessionmaker()() as session:
-        return service.daily_report(
+        return service.run_daily_report(
             session, day=DAY, resend=resend, settings=settings,
             mailer=mailer or SmtpMailer(settings.smtp_url.get_secret_value()),  # type: ignore[union-attr]
             now=dt.datetime.now(dt.UTC))
