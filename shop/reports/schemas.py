@@ -32,8 +32,9 @@ class DailyReportIn(BaseModel):
 
 class MailOut(BaseModel):
     status: MailStatus = Field(
-        description="failed: kept unsent for an admin to resend; not_configured: "
-                    "SHOP_REPORT_RECIPIENTS is empty")
+        description="sent; failed: the last attempt failed (the task retries, then leaves "
+                    "it unsent for an admin to resend); pending: queued or being sent; "
+                    "not_configured: SHOP_REPORT_RECIPIENTS is empty")
     mailed_at: dt.datetime | None
     resends: int
     error: str | None = Field(description="why the last email did not leave")
