@@ -11,8 +11,9 @@ UV_VERSION := 0.13.9
 LOCK_ARGS ?=
 PYTEST_ARGS ?=
 DEV_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test lint install lock
+.PHONY: run test lint install lock bench
 
 ## run: migrate, seed a demo catalogue, then run API, worker, beat and relay
 ##      (make run DEV_ARGS="--port 8080")
@@ -24,6 +25,11 @@ run: $(STAMP)
 ## test: the whole suite (make test PYTEST_ARGS="-k orders -x")
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: benchmarks, run by hand (bench/README.md); needs PostgreSQL
+##        (make bench BENCH_ARGS="--orders 100000")
+bench: $(STAMP)
+	$(BIN)/python -m bench.reports $(BENCH_ARGS)
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)

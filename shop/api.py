@@ -9,6 +9,7 @@ from shop.limits import WEBHOOK_BODY, BodyLimit
 from shop.orders import admin as orders_admin
 from shop.orders import router as orders_router
 from shop.orders import webhooks
+from shop.reports import router as reports_router
 
 
 def create_app() -> FastAPI:
@@ -20,6 +21,7 @@ def create_app() -> FastAPI:
     app.include_router(orders_router.router)
     app.include_router(orders_admin.router)
     app.include_router(webhooks.router)
+    app.include_router(reports_router.router)
     app.add_middleware(BodyLimit, overrides={"/webhooks/": WEBHOOK_BODY})
     return app
 

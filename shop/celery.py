@@ -16,11 +16,12 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import beat_init, celeryd_after_setup, worker_process_init
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
@@ -30,6 +31,9 @@ from shop.messaging import dispatch, relay
 from shop.messaging.models import OutboxMessage
 from shop.orders.steps import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
 from shop.orders.workflow import TaskName
+from shop.reports import schedule as reports_schedule
+
+log = logging.getLogger(__name__)
 
 QUEUES = ("orders", "payments", "notifications", "reports")
 DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="topic", durable=True)
@@ -40,6 +44,7 @@ FULFILLMENT_QUEUE = Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_RO
                           durable=True)
 ROUTES: dict[str, str] = {
     **{task.value: task.queue for task in TaskName},
+    **dict.fromkeys(reports_schedule.TASKS, "reports"),
     "shop.reports.*": "reports",
 }
 RECONCILE_EVERY = 300.0
@@ -95,6 +100,7 @@ def configure(app: Celery, settings: Settings) -> None:
                                    "schedule": RECONCILE_EVERY},
             "expire-authentications": {"task": TaskName.EXPIRE_AUTHENTICATIONS.value,
                                        "schedule": 60.0},
+            **reports_schedule.beat_schedule(),
         },
     )
 
@@ -107,7 +113,7 @@ def declare_topology(connection: Connection) -> None:
     FULFILLMENT_QUEUE(channel).declare()
 
 
-app = Celery("shop", include=["shop.orders.tasks"])
+app = Celery("shop", include=["shop.orders.tasks", "shop.reports.tasks"])
 configure(app, get_settings())
 
 DIRECT_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
@@ -138,6 +144,16 @@ def reconfigure(settings: Settings) -> None:
 def _fresh_connections_after_fork(**_: Any) -> None:
     """A forked pool child must not reuse its parent's database connections."""
     dispose_engine()
+
+
+@beat_init.connect
+def _check_reports_at_start(**_: Any) -> None:
+    """A beat that was down catches up on the reports it missed as it starts, not a
+    minute later (the build itself is once per day, however often it is asked)."""
+    try:
+        app.send_task(reports_schedule.BUILD_DUE_TASK, expires=reports_schedule.CHECK_EVERY * 5)
+    except Exception:  # the broker is down: the regular check catches up instead
+        log.warning("could not ask for due reports at start", exc_info=True)
 
 
 @celeryd_after_setup.connect

@@ -1,11 +1,13 @@
-"""The ``shop`` command: migrate, seed, relay, dev."""
+"""The ``shop`` command: migrate, seed, relay, dev, report."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import errno
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -14,9 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from shop.config import get_settings
 from shop.orders import commands as orders_commands
+
+if TYPE_CHECKING:
+    from shop.reports.service import Result
 
 
 def _migrate(_: argparse.Namespace) -> int:
@@ -61,6 +67,58 @@ def _reconcile(_: argparse.Namespace) -> int:
     mended = ", ".join(f"{what}: {count}" for what, count in sorted(tally.items()))
     print(f"reconciled with the payment provider: {mended or 'nothing to do'}")
     return 0
+
+
+def parse_day(text: str) -> dt.date | None:
+    """``YYYY-MM-DD`` as a date, or None if it is not exactly that, or not a real day."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _report_daily(args: argparse.Namespace) -> int:
+    """Build (unless stored) and mail (unless mailed) a day's report; print its text."""
+    from shop.db import session_scope, utcnow
+    from shop.exceptions import BusyError
+    from shop.notifications.mailer import build_mailer
+    from shop.reports import rendering, service
+
+    name = "shop report daily"
+    day = parse_day(args.date)
+    if day is None:
+        print(f"{name}: --date must be a day as YYYY-MM-DD, not {args.date!r}", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    with session_scope() as session:
+        try:
+            result = service.run_daily_report(session, day=day, resend=args.resend,
+                                          settings=settings, mailer=build_mailer(settings),
+                                          now=utcnow())
+        except service.ReportError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 2
+        except BusyError:
+            print(f"{name}: the report for {day} is being mailed right now; try again shortly",
+                  file=sys.stderr)
+            return 1
+        text = rendering.text(result.report.data)
+    print(text, end="")
+    print(f"{name}: {day} {'built now' if result.built else 'already stored, not rebuilt'}; "
+          f"{_mail_line(result, settings.recipients)}", file=sys.stderr)
+    return 1 if result.mail_failure is not None else 0
+
+
+def _mail_line(result: Result, recipients: list[str]) -> str:
+    if result.mail_failure is not None:
+        return f"NOT mailed ({result.mail_failure}); stored unsent, resend with --resend"
+    if result.mailed:
+        return f"mailed to {', '.join(recipients)}"
+    if not recipients:
+        return "not mailed (SHOP_REPORT_RECIPIENTS is empty)"
+    return "already mailed (--resend mails it again)"
 
 
 def dev_commands(*, host: str, port: int) -> dict[str, list[str]]:
@@ -175,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reconcile", help="settle payments with the provider now").set_defaults(
         run=_reconcile)
     orders_commands.register(sub)
+
+
+    report = sub.add_parser("report", help="sales reports").add_subparsers(
+        dest="report", required=True)
+    daily = report.add_parser("daily", help="build and mail a local day's report once; "
+                                            "print it as text")
+    daily.add_argument("--date", required=True, metavar="YYYY-MM-DD",
+                       help="the shop's local day (SHOP_TIMEZONE); it must have ended")
+    daily.add_argument("--resend", action="store_true",
+                       help="mail the stored report again (it is not rebuilt)")
+    daily.set_defaults(run=_report_daily)
     dev = sub.add_parser("dev", help="API, worker, beat and relay in one process tree")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     requires_action_timeout: float = Field(default=3600.0, gt=0)
     timezone: str = "UTC"
     report_time: str = "00:15"
+    report_low_stock: int = Field(default=5, ge=0)
 
     retry_max_attempts: int = Field(default=5, ge=1)
     retry_base_delay: float = Field(default=2.0, ge=0)
@@ -150,6 +152,12 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def report_clock(self) -> dt.time:
+        """``SHOP_REPORT_TIME`` as a local time of day."""
+        hour, _, minute = self.report_time.partition(":")
+        return dt.time(int(hour), int(minute))
 
 
 @lru_cache

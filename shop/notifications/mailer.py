@@ -19,6 +19,7 @@ import re
 import smtplib
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -221,10 +222,24 @@ def build_mailer(settings: Settings) -> Mailer:
     return FileMailer(settings.mail_path)
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent with an email, e.g. ``Attachment("sales.csv", data, "text/csv")``."""
+
+    filename: str
+    content: bytes = field(repr=False)
+    mime_type: str = "application/octet-stream"
+
+
 def compose(
-    *, sender: str, recipients: list[str], subject: str, text: str, html: str, message_id: str
+    *, sender: str, recipients: list[str], subject: str, text: str, html: str, message_id: str,
+    attachments: Sequence[Attachment] = (),
 ) -> EmailMessage:
-    """A multipart/alternative email (text, then HTML) with a UTC Date and the given id."""
+    """A multipart/alternative email (text, then HTML) with a UTC Date and the given id.
+
+    With ``attachments`` it becomes multipart/mixed: the alternatives first, then each
+    file, base64-encoded and named (text files are UTF-8).
+    """
     if not recipients:
         raise ValueError("an email needs at least one recipient")
     message = EmailMessage()
@@ -235,4 +250,9 @@ def compose(
     message["Message-ID"] = message_id
     message.set_content(text)
     message.add_alternative(html, subtype="html")
+    for attachment in attachments:
+        maintype, _, subtype = attachment.mime_type.partition("/")
+        message.add_attachment(attachment.content, maintype=maintype,
+                               subtype=subtype or "octet-stream", filename=attachment.filename,
+                               params={"charset": "utf-8"} if maintype == "text" else None)
     return message

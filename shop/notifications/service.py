@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Integer, cast, or_, select, update
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shop.db import db_now, utcnow
 from shop.exceptions import BusyError
-from shop.notifications.mailer import Mailer, MailError, compose
+from shop.notifications.mailer import Attachment, Mailer, MailError, compose
 from shop.notifications.models import Notification
 from shop.notifications.rendering import render_email
 
@@ -54,6 +54,7 @@ def send_notification(
     sender: str,
     lease_seconds: float = 120,
     on_sent: Callable[[], None] | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> bool:
     """Send the email for ``key`` unless it was sent; True if this call sent it.
 
@@ -78,6 +79,7 @@ def send_notification(
         mailer.send(compose(
             sender=sender, recipients=recipients, subject=rendered.subject,
             text=rendered.text, html=rendered.html, message_id=message_id,
+            attachments=attachments,
         ))
     except MailError as exc:
         _release(session, key=key, error=exc)

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from shop.config import Settings
 from shop.notifications.mailer import (
+    Attachment,
     FileMailer,
     MailError,
     MailPermanentError,
@@ -238,6 +239,25 @@ def test_compose_builds_text_and_html_alternatives() -> None:
     date = msg["Date"].datetime
     assert date.utcoffset() is not None
     assert date.utcoffset().total_seconds() == 0
+
+
+def test_compose_adds_attachments_after_the_alternatives() -> None:
+    csv = "sku,name\r\nMUG,Bl\u00e5 mug\r\n".encode("utf-8-sig")
+    msg = compose(sender="shop@localhost", recipients=["ada@example.com"], subject="Report",
+                  text="Hello", html="<p>Hello</p>", message_id="<r@shop>",
+                  attachments=[Attachment("sales.csv", csv, "text/csv"),
+                               Attachment("chart.png", b"\x89PNG", "image/png")])
+    wire = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert isinstance(wire, EmailMessage)
+
+    assert wire.get_content_type() == "multipart/mixed"
+    parts = list(wire.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["multipart/alternative", "text/csv",
+                                                     "image/png"]
+    assert [p.get_content_type() for p in parts[0].iter_parts()] == ["text/plain", "text/html"]
+    assert parts[1].get_filename() == "sales.csv"
+    assert parts[1].get_payload(decode=True) == csv
+    assert parts[2].get_payload(decode=True) == b"\x89PNG"
 
 
 def test_compose_needs_a_recipient() -> None:

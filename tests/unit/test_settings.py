@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def test_defaults_match_the_contract() -> None:
     assert settings.recipients == []
     assert settings.timezone == "UTC"
     assert settings.report_time == "00:15"
+    assert settings.report_clock == dt.time(0, 15)
+    assert settings.report_low_stock == 5
     assert settings.retry_max_attempts == 5
     assert settings.retry_base_delay == 2
     assert settings.retry_max_delay == 300
@@ -157,6 +160,19 @@ def test_unknown_timezone_is_rejected(zone: str, monkeypatch: pytest.MonkeyPatch
 def test_malformed_report_time_is_rejected(value: str) -> None:
     with pytest.raises(ValidationError, match="report_time"):
         Settings(report_time=value)
+
+
+def test_report_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_REPORT_TIME", "06:30")
+    monkeypatch.setenv("SHOP_REPORT_LOW_STOCK", "12")
+    settings = Settings()
+    assert settings.report_clock == dt.time(6, 30)
+    assert settings.report_low_stock == 12
+
+
+def test_a_negative_low_stock_threshold_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="report_low_stock"):
+        Settings(report_low_stock=-1)
 
 
 def test_data_dir_roots_every_embedded_default(monkeypatch: pytest.MonkeyPatch,
