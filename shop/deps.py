@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import (
     HTTPAuthorizationCredentials,
     HTTPBasic,
@@ -15,6 +15,7 @@ from fastapi.security import (
 )
 from sqlalchemy.orm import Session
 
+from shop import csrf
 from shop.config import Settings, get_settings
 from shop.db import session_scope
 
@@ -36,11 +37,15 @@ _basic = HTTPBasic(auto_error=False, scheme_name="adminBasic", realm="shop admin
                                "(for the browser pages)")
 
 
-def require_admin(
-    settings: SettingsDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
-) -> str:
+AdminBearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+AdminBasic = Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+BASIC_CHALLENGE = 'Basic realm="shop admin"'
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def admin_actor(settings: Settings, bearer: HTTPAuthorizationCredentials | None,
+                basic: HTTPBasicCredentials | None, *,
+                challenge: str = f"Bearer, {BASIC_CHALLENGE}") -> str:
     """Bearer (or Basic, any user) ``SHOP_ADMIN_TOKEN``, compared in constant time.
 
     Returns who is acting: the Basic user name, or ``api`` for the bearer token.
@@ -52,8 +57,19 @@ def require_admin(
         (basic.password, basic.username or "admin") if basic is not None else (None, ""))
     if presented is None or not secrets.compare_digest(presented.encode(), expected):
         raise HTTPException(401, "missing or wrong admin token",
-                            headers={"WWW-Authenticate": 'Bearer, Basic realm="shop admin"'})
+                            headers={"WWW-Authenticate": challenge})
     return actor[:100]
+
+
+def require_admin(request: Request, settings: SettingsDep, bearer: AdminBearer,
+                  basic: AdminBasic) -> str:
+    """The admin API's door: ``admin_actor``, and a change made with a browser's Basic
+    credentials must not come from another site's page (``shop.csrf``)."""
+    actor = admin_actor(settings, bearer, basic)
+    if (bearer is None and request.method not in SAFE_METHODS
+            and not csrf.same_origin(request.headers)):
+        raise HTTPException(403, "refused: a browser request from another site")
+    return actor
 
 
 AdminDep = Annotated[str, Depends(require_admin)]

@@ -59,8 +59,8 @@ ERROR_RESPONSES = _responses(
 ADMIN_RESPONSES = _responses(
     s401="Missing or wrong admin token",
     s503="The admin API is disabled: SHOP_ADMIN_TOKEN is not set")
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "too_large", 503: "unavailable"}
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 413: "too_large", 503: "unavailable"}
 
 
 class ShopHTTPError(Exception):
