@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = VAR_DIR
     database_url: str = ""
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
     broker_url: str = ""
     broker_polling_interval: float = Field(default=0.1, gt=0)
 
@@ -43,6 +45,8 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     dummy_payment_latency_ms: int = Field(default=0, ge=0)
+    stripe_max_rps: float | None = Field(default=None, gt=0)
+    payment_processes: int = Field(default=1, ge=1)
     payment_faults: Path | None = None
 
     smtp_url: SecretStr | None = None
@@ -140,6 +144,19 @@ class Settings(BaseSettings):
             return []
         return [s.strip() for s in self.stripe_webhook_secret.get_secret_value().split(",")
                 if s.strip()]
+
+    @property
+    def provider_rate(self) -> float | None:
+        """This process's share of the provider's request rate (None: unpaced).
+
+        ``SHOP_STRIPE_MAX_RPS`` when set, else Stripe's own limits with margin: 25 with a
+        test key, 90 with a live one; the dummy provider is unpaced unless asked.
+        """
+        total = self.stripe_max_rps
+        if total is None and self.provider == "stripe" and self.stripe_api_key is not None:
+            live = self.stripe_api_key.get_secret_value().startswith(("sk_live", "rk_live"))
+            total = 90.0 if live else 25.0
+        return None if total is None else total / self.payment_processes
 
     @property
     def broker_is_amqp(self) -> bool:

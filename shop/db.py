@@ -114,8 +114,12 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def build_engine(url: str | URL) -> Engine:
-    """An engine with the settings every process wants (pre-ping, SQLite pragmas)."""
+def build_engine(url: str | URL, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    """An engine with the settings every process wants (pre-ping, SQLite pragmas).
+
+    ``pool_size`` should cover the process's concurrent tasks: a worker with a threads
+    pool of 16 wants ``SHOP_DB_POOL_SIZE=16`` (see docs/deployment.md).
+    """
     url = make_url(url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -124,13 +128,16 @@ def build_engine(url: str | URL) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                         max_overflow=max_overflow)
 
 
 @lru_cache
 def get_engine() -> Engine:
     """The process-wide engine for ``SHOP_DATABASE_URL``."""
-    return build_engine(get_settings().database_url)
+    settings = get_settings()
+    return build_engine(settings.database_url, pool_size=settings.db_pool_size,
+                        max_overflow=settings.db_max_overflow)
 
 
 @lru_cache

@@ -4,6 +4,8 @@ The runtime in ``shop.task_runner`` catches these bases and never imports a doma
 own errors, so dependencies point downward::
 
     TransientError   worth retrying later: a provider or mail server that did not answer
+    └── SlowDown     asked to wait (a 429, our own pacing): retry after ``retry_after``,
+                     uncounted
     PermanentError   retrying cannot help: the step gives up at once
     BusyError        another copy holds this work right now: look again soon, uncounted
 """
@@ -13,6 +15,14 @@ from __future__ import annotations
 
 class TransientError(Exception):
     """The outcome may differ next time (timeouts, 5xx, connection refused)."""
+
+
+class SlowDown(TransientError):
+    """Asked to wait ``retry_after`` seconds before trying again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(Exception):

@@ -4,6 +4,8 @@ A task is thin: it turns ids into a call of one step and leaves errors to
 ``run_step``, which maps them by their base class (``shop.exceptions``)::
 
     BusyError, StaleDataError             another copy is at work: retry soon, uncounted
+    SlowDown                              asked to wait (a 429, pacing): retry after it,
+                                          uncounted
     TransientError, OperationalError,     retry with backoff; after SHOP_RETRY_MAX_ATTEMPTS
     SoftTimeLimitExceeded, anything else  failures, the step gives up
     PermanentError                        the step gives up at once
@@ -32,7 +34,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shop.config import get_settings
 from shop.db import session_scope
-from shop.exceptions import BusyError, PermanentError, TransientError
+from shop.exceptions import BusyError, PermanentError, SlowDown, TransientError
 from shop.messaging.service import count_delivery, delivery_count, mark_consumed
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,11 @@ def run_step(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp
         if request.retries >= MAX_BUSY_RETRIES:
             raise
         raise task.retry(exc=exc, countdown=busy_delay(request.retries)) from exc
+    except SlowDown as exc:  # paced or rate-limited: not a failure, try after the wait
+        if request.retries >= MAX_BUSY_RETRIES:
+            raise
+        delay = exc.retry_after * random.uniform(1.0, 1.5)
+        raise task.retry(exc=exc, countdown=delay) from exc
     except PermanentError as exc:
         _give_up(task, on_exhausted, exc)
     except Exception as exc:

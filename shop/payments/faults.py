@@ -10,7 +10,8 @@ consults the file's rules, shared by all processes (read and rewritten under a l
 ``cancel``, ``refund``, ``list_intents``) or ``*``; the first rule that matches and
 still has ``times`` left (``null``: forever) is used up by one call. A rule with
 ``"after": "capture"`` waits until a ``capture`` call has been made. Every call is
-counted in the file (``calls``), so a test can tell how often the provider was asked.
+counted in the file (``calls``), so a test can tell how often the provider was asked;
+with ``record`` on, each call's time is kept too (``log``).
 Modes:
 
 - ``unavailable``: the request never reaches the provider (a transient error);
@@ -54,11 +55,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_rules(path: Path, rules: list[dict[str, Any]]) -> None:
+def write_rules(path: Path, rules: list[dict[str, Any]], *, record: bool = False) -> None:
     """Replace the rules and reset the counts (tests and drills call this, any process)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        path.write_text(json.dumps({"rules": rules, "calls": {}}))
+        path.write_text(json.dumps({"rules": rules, "calls": {}, "record": record, "log": []}))
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -66,8 +67,9 @@ def read_state(path: Path) -> dict[str, Any]:
     try:
         state: dict[str, Any] = json.loads(path.read_text() or "{}")
     except (FileNotFoundError, json.JSONDecodeError):
-        return {"rules": [], "calls": {}}
-    return {"rules": state.get("rules", []), "calls": state.get("calls", {})}
+        state = {}
+    return {"rules": state.get("rules", []), "calls": state.get("calls", {}),
+            "record": state.get("record", False), "log": state.get("log", [])}
 
 
 def take_rule(path: Path, op: str) -> dict[str, Any] | None:
@@ -78,6 +80,8 @@ def take_rule(path: Path, op: str) -> dict[str, Any] | None:
         state = read_state(path)
         calls: dict[str, int] = state["calls"]
         calls[op] = calls.get(op, 0) + 1
+        if state["record"]:
+            state["log"].append([op, time.time()])
         chosen = None
         for rule in state["rules"]:
             times, after = rule.get("times"), rule.get("after")

@@ -6,7 +6,8 @@ error into ours, with stable decline reasons from ``decline_reason``::
 
     PaymentError
     ├── PaymentDeclined             the customer's card said no (reason: card_declined, …)
-    ├── PaymentTransientError       network, timeouts, 5xx, 429, lock timeouts: ask again
+    ├── PaymentTransientError       network, timeouts, 5xx, lock timeouts: ask again
+    │   ├── PaymentRateLimited      429, or our own pacing: ask again after ``retry_after``
     │   └── PaymentAuthError        401/403: a revoked or wrong key, an operator alarm
     └── PaymentProviderError        the provider refused the request: retrying won't help
 
@@ -24,16 +25,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import stripe
 
-from shop.exceptions import PermanentError, TransientError
+from shop.exceptions import PermanentError, SlowDown, TransientError
 
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentCreateParams
 
-# One provider call waits at most CONNECT + READ seconds; a payment step makes at
-# most MAX_CALLS_PER_STEP calls, and its soft time limit is above their sum.
+# One provider call waits at most CONNECT + READ seconds, after at most MAX_PACING_WAIT
+# for its turn (``shop.payments.pacing``); a payment step makes at most
+# MAX_CALLS_PER_STEP calls, and its soft time limit is above their sum.
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 3.0
-CALL_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT
+MAX_PACING_WAIT = 2.0
+CALL_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT + MAX_PACING_WAIT
 MAX_CALLS_PER_STEP = 5  # the longest path: create, retrieve, confirm, retrieve, cancel
 
 
@@ -50,6 +53,11 @@ class PaymentDeclined(PaymentError):
 
 class PaymentTransientError(PaymentError, TransientError):
     """Worth retrying: the provider may answer next time."""
+
+
+class PaymentRateLimited(PaymentTransientError, SlowDown):
+    """The provider (or the shop's own pacing) asks us to slow down: not a failure of the
+    step; it is retried after ``retry_after`` seconds without counting an attempt."""
 
 
 class PaymentAuthError(PaymentTransientError):
@@ -204,6 +212,8 @@ def translate_error(exc: stripe.StripeError) -> PaymentError:
     text = f"stripe {type(exc).__name__} (HTTP {status}): {message}"
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return PaymentAuthError(text)
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return PaymentRateLimited(text, retry_after=_retry_after(exc.headers))
     transient = (
         isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError)
         or exc.code in TRANSIENT_CODES
@@ -212,6 +222,15 @@ def translate_error(exc: stripe.StripeError) -> PaymentError:
     )
     kind = PaymentTransientError if transient else PaymentProviderError
     return kind(text)
+
+
+def _retry_after(headers: Any) -> float:
+    """Stripe's ``Retry-After`` in seconds (1 s when it sends none), capped at a minute."""
+    try:
+        value = float((headers or {}).get("Retry-After") or 1.0)
+    except (TypeError, ValueError):
+        value = 1.0
+    return min(max(value, 0.1), 60.0)
 
 
 @contextmanager

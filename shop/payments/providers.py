@@ -8,6 +8,7 @@ from shop.config import Settings, get_settings
 from shop.payments.dummy import DummyGateway
 from shop.payments.faults import FaultyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
+from shop.payments.pacing import PacedGateway, Pacer
 
 
 def build_gateway(settings: Settings) -> PaymentGateway:
@@ -15,7 +16,8 @@ def build_gateway(settings: Settings) -> PaymentGateway:
 
     A set ``stripe_api_base`` means a Stripe emulator (localstripe in tests), which
     is sent only the request fields it understands. ``SHOP_PAYMENT_FAULTS`` wraps the
-    gateway in injected faults (``shop.payments.faults``).
+    gateway in injected faults (``shop.payments.faults``), and every call is paced at
+    this process's share of the provider's rate (``shop.payments.pacing``).
     """
     gateway: PaymentGateway
     if settings.provider == "stripe":
@@ -31,6 +33,8 @@ def build_gateway(settings: Settings) -> PaymentGateway:
                                latency_ms=settings.dummy_payment_latency_ms)
     if settings.payment_faults is not None:
         gateway = FaultyGateway(gateway, settings.payment_faults)
+    if settings.provider_rate is not None:
+        gateway = PacedGateway(gateway, Pacer(settings.provider_rate))
     return gateway
 
 

@@ -25,6 +25,7 @@ from shop.payments.gateway import (
     PaymentDeclined,
     PaymentGateway,
     PaymentProviderError,
+    PaymentRateLimited,
     PaymentTransientError,
     StripeGateway,
     translate_error,
@@ -476,6 +477,16 @@ def test_card_errors_become_declines_with_a_stable_reason(
 )
 def test_network_and_server_errors_become_transient(error: stripe.StripeError) -> None:
     assert isinstance(translate_error(error), PaymentTransientError)
+
+
+def test_a_429_is_retried_after_stripes_retry_after() -> None:
+    mapped = translate_error(stripe.RateLimitError("slow down", http_status=429,
+                                                   headers={"Retry-After": "7"}))
+    assert isinstance(mapped, PaymentRateLimited)
+    assert mapped.retry_after == 7.0
+    bare = translate_error(stripe.RateLimitError("slow down", http_status=429))
+    assert isinstance(bare, PaymentRateLimited)
+    assert bare.retry_after == 1.0
 
 
 @pytest.mark.parametrize("error", [stripe.AuthenticationError("bad key", http_status=401),

@@ -243,3 +243,16 @@ def test_a_payment_steps_provider_calls_fit_inside_its_soft_time_limit() -> None
     charge = app.tasks["shop.orders.charge_payment"]
     assert MAX_CALLS_PER_STEP * CALL_TIMEOUT < charge.soft_time_limit < charge.time_limit
     assert charge.time_limit < steps.LEASE_SECONDS  # a lease never ends under a live call
+
+
+def test_a_rate_limit_waits_what_the_provider_asks_without_counting_an_attempt(
+        counts: dict[str, int]) -> None:
+    from shop.payments.gateway import PaymentRateLimited
+
+    def limited(_: Any) -> None:
+        raise PaymentRateLimited("429", retry_after=7.0)
+
+    with pytest.raises(Retried) as retried:
+        tasks.run_step(FakeTask(), limited, lambda *_: pytest.fail("not a failure"))  # type: ignore[arg-type]
+    assert 7.0 <= retried.value.countdown <= 10.5
+    assert "msg-1:failures" not in counts

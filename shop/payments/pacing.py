@@ -1,0 +1,106 @@
+"""Pacing calls to the payment provider: at most ``SHOP_STRIPE_MAX_RPS`` across workers.
+
+Stripe allows 100 requests a second in live mode and 25 in test mode, per account; a
+flash sale makes two or three calls per order. Each process that calls the provider
+spaces its calls evenly at its share of the rate: ``SHOP_STRIPE_MAX_RPS`` divided by
+``SHOP_PAYMENT_PROCESSES``, the number of processes consuming the ``payments`` queue
+(a threads pool is one process; a prefork pool counts each child). The state lives in
+each process, so pacing costs no round trip per call; the price is that the
+division must be kept true when workers are added (see docs/deployment.md). A call
+that would wait longer than ``MAX_PACING_WAIT`` is not made: the step is retried
+later (``PaymentRateLimited``), so a busy provider never ties up a worker thread. A
+429 from the provider itself is retried after its ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from shop.payments.gateway import (
+    MAX_PACING_WAIT,
+    IntentState,
+    PaymentGateway,
+    PaymentRateLimited,
+    RefundState,
+)
+
+T = TypeVar("T")
+
+
+class Pacer:
+    """Lets calls start at least ``1 / rate`` seconds apart, whatever thread asks.
+
+    A caller holds the turn while it sleeps until its start, so no two calls of this
+    process ever start closer together than the interval, however late a thread wakes.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / rate
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait_turn(self, max_wait: float = MAX_PACING_WAIT) -> None:
+        """Return when this call may start; ``PaymentRateLimited`` instead of waiting
+        longer than ``max_wait`` (for the other threads' turns and this one's)."""
+        started = self._clock()
+        if not self._lock.acquire(timeout=max_wait):
+            raise PaymentRateLimited("provider calls paced: every turn is taken",
+                                     retry_after=max_wait)
+        try:
+            now = self._clock()
+            wait = max(0.0, self._next - now)
+            if now - started + wait > max_wait:
+                raise PaymentRateLimited(f"provider calls paced: next turn in {wait:.1f}s",
+                                         retry_after=wait)
+            if wait:
+                self._sleep(wait)
+            self._next = self._clock() + self.interval
+        finally:
+            self._lock.release()
+
+
+class PacedGateway:
+    """A gateway whose every call waits for its turn."""
+
+    def __init__(self, inner: PaymentGateway, pacer: Pacer) -> None:
+        self.inner = inner
+        self.pacer = pacer
+        self.name = inner.name
+
+    def _paced(self, call: Callable[[], T]) -> T:
+        self.pacer.wait_turn()
+        return call()
+
+    def create_intent(self, *, amount: int, currency: str, payment_method: str,
+                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
+        return self._paced(lambda: self.inner.create_intent(
+            amount=amount, currency=currency, payment_method=payment_method,
+            metadata=metadata, idempotency_key=idempotency_key))
+
+    def retrieve(self, reference: str) -> IntentState:
+        return self._paced(lambda: self.inner.retrieve(reference))
+
+    def confirm(self, reference: str, *, idempotency_key: str) -> IntentState:
+        return self._paced(lambda: self.inner.confirm(reference,
+                                                      idempotency_key=idempotency_key))
+
+    def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState:
+        return self._paced(lambda: self.inner.capture(
+            reference, amount=amount, idempotency_key=idempotency_key))
+
+    def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
+        return self._paced(lambda: self.inner.cancel(reference,
+                                                     idempotency_key=idempotency_key))
+
+    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
+        return self._paced(lambda: self.inner.refund(
+            reference, amount=amount, idempotency_key=idempotency_key))
+
+    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
+        return self._paced(lambda: iter(list(
+            self.inner.list_intents(created_after=created_after))))
