@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import errors, health
+from shop import errors, health, logs
+from shop.config import get_settings
 from shop.limits import WEBHOOK_BODY, BodyLimit
 from shop.orders import admin as orders_admin
 from shop.orders import admin_pages, webhooks
 from shop.orders import router as orders_router
 from shop.reports import router as reports_router
+
+
+class RequestIds:
+    """Every request gets an id: the caller's ``X-Request-ID`` if it is sane, else a new
+    one. Logs carry it, the messages the request causes carry it on, and the response
+    returns it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+        request_id = logs.new_request_id(sent.decode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with logs.bound(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 def create_app() -> FastAPI:
@@ -24,6 +51,8 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(reports_router.router)
     app.add_middleware(BodyLimit, overrides={"/webhooks/": WEBHOOK_BODY})
+    app.add_middleware(RequestIds)
+    logs.configure(get_settings().log_format)
     return app
 
 

@@ -21,10 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_after_setup, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    celeryd_after_setup,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from shop import logs, metrics
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
 from shop.messaging import dispatch, relay
@@ -161,3 +171,39 @@ def _declare_topology(**_: Any) -> None:
     if get_settings().broker_is_amqp:
         with app.connection_for_write() as conn:
             declare_topology(conn)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_lines_with_ids(logger: logging.Logger, **_: Any) -> None:
+    """Celery's own handlers write the shop's format, with request, order and task ids."""
+    logs.adopt(logger.handlers, get_settings().log_format)
+    logging.getLogger("shop").setLevel(logging.INFO)
+
+
+_bindings: dict[str, Any] = {}
+
+
+@task_prerun.connect
+def _bind_ids(task_id: str, task: Any, kwargs: dict[str, Any] | None = None,
+              **_: Any) -> None:
+    request_id = getattr(task.request, "request_id", None)
+    order_id = (kwargs or {}).get("order_id")
+    binding = logs.bound(request_id=request_id, order_id=order_id, task=(task_id, task.name))
+    binding.__enter__()
+    _bindings[task_id] = binding
+
+
+@task_postrun.connect
+def _unbind_ids(task_id: str, **_: Any) -> None:
+    binding = _bindings.pop(task_id, None)
+    if binding is not None:
+        binding.__exit__(None, None, None)
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    port = get_settings().metrics_port
+    if port:
+        metrics.serve(port)
+        log.info("worker metrics on :%d/metrics", port)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import errno
-import logging
 import os
 import re
 import secrets
@@ -18,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from shop import logs
 from shop.config import get_settings
 from shop.orders import commands as orders_commands
 
@@ -47,7 +47,7 @@ def _relay(_: argparse.Namespace) -> int:
     from shop.celery import app, declare_topology
     from shop.messaging import relay
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s relay %(levelname)s %(message)s")
+    logs.configure(get_settings().log_format)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

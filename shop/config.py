@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     requires_action_timeout: float = Field(default=3600.0, gt=0)
     timezone: str = "UTC"
+    log_format: Literal["json", "console"] = "console"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     report_time: str = "00:15"
     report_low_stock: int = Field(default=5, ge=0)
 

@@ -1,4 +1,5 @@
-"""``GET /healthz``: is the database there, and the broker? ``GET /livez``: the process.
+"""Operations routes: ``GET /healthz`` (readiness: the database, the broker and the
+outbox's lag), ``GET /livez`` (the process answers) and ``GET /metrics`` (Prometheus).
 
 Anonymous callers learn what is down, never why: exception text goes to the log.
 """
@@ -8,28 +9,33 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from kombu.connection import Connection
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from shop import metrics
 from shop.celery import transport_options
 from shop.config import get_settings
 from shop.db import session_scope
-from shop.messaging.service import pending_count
+from shop.messaging.service import outbox_lag
 
 router = APIRouter(tags=["health"])
+OUTBOX_LAG_ALLOWED = 60.0  # seconds beyond the relay's grace
 log = logging.getLogger(__name__)
 
 
-def _database() -> tuple[bool, Any]:
+def _database() -> tuple[bool, Any, float]:
+    """Whether the database answers, what the outbox holds, and its oldest row's age."""
     try:
         with session_scope() as session:
             session.execute(text("SELECT 1"))
-            return True, {"outbox_pending": pending_count(session)}
+            pending, oldest = outbox_lag(session)
+            return True, {"outbox_pending": pending}, oldest
     except Exception:
         log.exception("health check: the database does not answer")
-        return False, "down"
+        return False, "down", 0.0
 
 
 def _broker() -> tuple[bool, Any]:
@@ -56,12 +62,24 @@ def livez() -> dict[str, str]:
     503: {"description": "Something is down; `down` names it"},
 })
 def healthz() -> JSONResponse:
-    """200 when the database and broker answer; 503 naming what is down otherwise."""
-    db_ok, db = _database()
+    """200 when the database and broker answer and the outbox keeps up; 503 naming what
+    is down otherwise (``outbox``: a message has waited longer than the relay should
+    ever let one wait, so no relay is running or the broker refuses it)."""
+    db_ok, db, oldest = _database()
     broker_ok, broker = _broker()
-    ok = db_ok and broker_ok
-    body = {"status": "ok" if ok else "degraded", "database": db, "broker": broker}
+    outbox_ok = oldest <= get_settings().relay_grace + OUTBOX_LAG_ALLOWED
+    checks = (("database", db_ok), ("broker", broker_ok), ("outbox", outbox_ok))
+    ok = all(up for _, up in checks)
+    body = {"status": "ok" if ok else "degraded", "database": db, "broker": broker,
+            "outbox": {"oldest_seconds": round(oldest, 1)}}
     if not ok:
-        body["down"] = [name for name, up in (("database", db_ok), ("broker", broker_ok))
-                        if not up]
+        body["down"] = [name for name, up in checks if not up]
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus metrics", "content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics_route() -> Response:
+    """Prometheus metrics of this API (all its processes, in multiprocess mode), and the
+    outbox's backlog and lag."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from shop import metrics
 from shop.config import get_settings
 from shop.db import session_scope
 from shop.exceptions import BusyError, PermanentError, SlowDown, TransientError
@@ -61,6 +64,30 @@ def busy_delay(retries: int) -> float:
 
 def run_step(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp) -> None:
     """Run ``work`` in a fresh session, retrying the way the module docstring says."""
+    started = time.perf_counter()
+    try:
+        _run(task, work, on_exhausted)
+    except Retry:
+        metrics.TASK_RETRIES.labels(task=str(task.name), why=_why()).inc()
+        raise
+    except Reject:
+        metrics.DEAD_LETTERS.labels(task=str(task.name)).inc()
+        raise
+    finally:
+        took = time.perf_counter() - started
+        metrics.STEP_SECONDS.labels(task=str(task.name)).observe(took)
+        log.info("%s ran in %.0f ms", task.name, took * 1000)
+
+
+def _why() -> str:
+    exc = sys.exc_info()[1]
+    cause = exc.__cause__ if exc is not None else None
+    if isinstance(cause, BUSY):
+        return "busy"
+    return "slow_down" if isinstance(cause, SlowDown) else "failure"
+
+
+def _run(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp) -> None:
     request = task.request
     if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
         if _count(task, f"{request.id}:{request.retries}") > get_settings().max_deliveries:

@@ -13,6 +13,8 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
+from shop import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -21,3 +23,4 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         log.critical("undecodable message (%s, content type %r): dead-lettering it",
                      exc, message.content_type)
         message.reject(requeue=False)
+        metrics.DEAD_LETTERS.labels(task="undecodable").inc()

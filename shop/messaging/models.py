@@ -33,6 +33,7 @@ class OutboxMessage(Base):
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    trace: Mapped[str | None] = mapped_column(String(100))  # the request that caused it
 
 
 class TaskDelivery(Base):

@@ -57,6 +57,8 @@ class Publisher:
 
     def __call__(self, message: OutboxMessage) -> None:
         send(self.app, self._get_producer(), message)
+        log.info("relayed %s %s", message.kind, message.name, extra={
+            "request_id": message.trace, "order_id": message.payload.get("order_id")})
 
     def backlogged(self, message: OutboxMessage) -> bool:
         """Whether the task's queue still holds ready messages (RabbitMQ only): then its
@@ -90,17 +92,19 @@ class Publisher:
 def send(app: Celery, producer: Producer, message: OutboxMessage, countdown: float = 0,
          retry_policy: dict[str, float] | None = None) -> None:
     """Publish one outbox row: a task through the Celery app (its id is the row id), or
-    an event to its topic exchange (persistent JSON, the row id as ``message_id``)."""
+    an event to its topic exchange (persistent JSON, the row id as ``message_id``);
+    the request that caused it rides along as the ``request_id`` header."""
     policy = retry_policy or PUBLISH_RETRY
+    headers = {"request_id": message.trace} if message.trace else {}
     if message.kind == "task":
         app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
                       producer=producer, countdown=countdown or None, retry=True,
-                      retry_policy=policy)
+                      retry_policy=policy, headers=headers)
         return
     exchange = Exchange(message.exchange, type="topic", durable=True)
     producer.publish(
         message.payload, exchange=exchange, routing_key=message.name,
-        declare=[exchange], serializer="json", delivery_mode=2,
+        declare=[exchange], serializer="json", delivery_mode=2, headers=headers,
         message_id=str(message.id), retry=True, retry_policy=policy,
     )
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shop.db import db_now, utcnow
+from shop.logs import REQUEST_ID
 from shop.messaging.models import OutboxMessage, TaskDelivery
 
 Publish = Callable[[OutboxMessage], None]
@@ -33,7 +34,7 @@ def enqueue_task(
     """Add a Celery task message to the outbox; it is sent after the caller commits."""
     message = OutboxMessage(
         id=message_id or uuid.uuid4(), kind="task", name=str(name), exchange=None,
-        payload=kwargs, available_at=db_now(delay),
+        payload=kwargs, available_at=db_now(delay), trace=REQUEST_ID.get(),
     )
     if delay > 0:  # what a direct publish after the commit gives as countdown
         session.info.setdefault(DELAYS, {})[message.id] = delay
@@ -48,7 +49,7 @@ def enqueue_event(
     """Add an integration event for other systems; ``message_id`` is what they dedupe on."""
     message = OutboxMessage(
         id=message_id, kind="event", name=routing_key, exchange=exchange, payload=body,
-        available_at=db_now(),
+        available_at=db_now(), trace=REQUEST_ID.get(),
     )
     session.add(message)
     return message
@@ -122,6 +123,14 @@ def relay_batch(session: Session, *, publish: Publish, limit: int, grace: float 
     finally:
         session.commit()
     return sent
+
+
+def outbox_lag(session: Session) -> tuple[int, float]:
+    """Messages not yet published, and how long the oldest has waited (seconds)."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(OutboxMessage.created_at))
+        .where(OutboxMessage.published_at.is_(None))).one()
+    return int(count or 0), (utcnow() - oldest).total_seconds() if oldest else 0.0
 
 
 def pending_count(session: Session) -> int:

@@ -14,6 +14,7 @@ import uuid
 
 from sqlalchemy.orm import Session
 
+from shop import metrics
 from shop.orders import attention
 from shop.orders.states import Stage, Step
 from shop.orders.steps import at_stage, end_lease, fail_step, leased
@@ -60,6 +61,8 @@ def give_up(session: Session, *, task: TaskName, order_id: uuid.UUID, error: str
         end_lease(session, order_id=order_id, owner=owner)
         return
     kind, what = _FLAGS[task]
+    if task is TaskName.RELEASE_PAYMENT:
+        metrics.on_commit(session, metrics.RELEASE_FAILURES.inc)
     attention.flag(session, order_id=order_id, kind=kind, message=f"{what}: {error}"[:500])
     order = load(session, order_id=order_id)
     if order is not None:

@@ -17,6 +17,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shop import metrics
 from shop.db import utcnow
 from shop.messaging.service import enqueue_task
 from shop.orders import attention
@@ -33,6 +34,10 @@ from shop.payments.service import Outcome, Result
 log = logging.getLogger(__name__)
 
 ABANDONED = "The customer did not complete authentication."
+KNOWN_TYPES = frozenset({
+    "payment_intent.amount_capturable_updated", "payment_intent.succeeded",
+    "payment_intent.payment_failed", "payment_intent.canceled", "charge.refunded",
+    "charge.dispute.created", "charge.dispute.closed"})  # metrics label the rest "other"
 
 
 def accept(session: Session, *, event: ProviderEvent) -> bool:
@@ -57,6 +62,7 @@ def handle(session: Session, *, event_id: str, gateway: PaymentGateway, owner: s
             log.warning("webhook %s (%s) is about intent %s of no known order (metadata %s)",
                         event.id, event.type, reference, webhooks.order_id_in(event.payload))
         webhooks.mark_handled(session, event_id=event_id, outcome=outcome, order_id=None)
+        _count(session, event_type=event.type, outcome=outcome)
         session.commit()
         return outcome
     order_id, event_type = payment.order_id, event.type
@@ -72,9 +78,15 @@ def handle(session: Session, *, event_id: str, gateway: PaymentGateway, owner: s
             outcome = _note_dispute(session, order=order, event_type=event_type,
                                     dispute=dispute)
         webhooks.mark_handled(session, event_id=event_id, outcome=outcome, order_id=order_id)
+        _count(session, event_type=event_type, outcome=outcome)
         order.lease_owner = order.lease_until = None
         session.commit()
     return outcome
+
+
+def _count(session: Session, *, event_type: str, outcome: str) -> None:
+    kind = event_type if event_type in KNOWN_TYPES else "other"
+    metrics.on_commit(session, metrics.WEBHOOKS.labels(type=kind, outcome=outcome).inc)
 
 
 def defer(session: Session, *, event_id: str, error: str) -> None:

@@ -30,6 +30,7 @@ from functools import partial
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from shop import metrics
 from shop.db import utcnow
 from shop.exceptions import BusyError, TransientError
 from shop.orders import attention, payment_events, steps
@@ -71,6 +72,8 @@ def reconcile(session: Session, *, gateway: PaymentGateway, owner: str,
             _handle_event, session, event_id=event_id, gateway=gateway,
             owner=owner))
     session.commit()
+    for mend, count in tally.items():
+        metrics.RECONCILE_MENDS.labels(mend=mend).inc(count)
     return tally
 
 

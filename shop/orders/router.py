@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from shop.orders import service
 from shop.orders.schemas import OrderIn, OrderOut, ProductOut
 
 router = APIRouter(prefix="/v1", tags=["storefront"], responses=ERROR_RESPONSES)
+log = logging.getLogger(__name__)
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -33,6 +35,8 @@ def place_order(body: OrderIn, session: SessionDep, response: Response,
                 idempotency_key: IdempotencyKeyHeader = None) -> OrderOut:
     """Accept an order; the workflow runs in the background."""
     order, created = service.place_order(session, data=body, idempotency_key=idempotency_key)
+    log.info("order %s %s", order.id, "placed" if created else "replayed for its key",
+             extra={"order_id": str(order.id)})
     response.headers["Location"] = f"/v1/orders/{order.id}"
     return service.order_view(session, order=order, new=created)
 

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from shop import metrics
 from shop.db import insert_for, utcnow
 from shop.errors import FieldProblem, InvalidRequest
 from shop.orders import workflow
@@ -68,6 +69,7 @@ def place_order(session: Session, *, data: OrderIn,
         session.add(IdempotencyKey(key=idempotency_key, request_hash=fingerprint,
                                    order_id=order.id))
     workflow.start(session, order=order)
+    metrics.on_commit(session, metrics.ORDERS_PLACED.inc)
     try:
         session.commit()
     except IntegrityError:

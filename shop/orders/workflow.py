@@ -24,6 +24,7 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
+from shop import metrics
 from shop.messaging.service import enqueue_task
 from shop.orders.models import Order, OrderLine, Product
 from shop.orders.states import Event, Stage, Step, customer_message
@@ -95,6 +96,18 @@ def advance(
     order.apply(event, failure=failure, detail=dict(detail or {}),
                 internal=dict(internal) if internal else None, actor=actor)
     continue_from(session, order=order)
+    _count(session, stage=order.current_stage, failure=failure)
+
+
+def _count(session: Session, *, stage: Stage,
+           failure: tuple[Step, str, str] | None) -> None:
+    if stage is Stage.CONFIRMED:
+        metrics.on_commit(session, metrics.ORDERS_CONFIRMED.inc)
+    elif stage is Stage.CANCELLED:
+        metrics.on_commit(session, metrics.ORDERS_CANCELLED.inc)
+    elif stage is Stage.FAILED and failure is not None:
+        counter = metrics.ORDERS_FAILED.labels(step=failure[0].value, reason=failure[1])
+        metrics.on_commit(session, counter.inc)
 
 
 def load(session: Session, *, order_id: uuid.UUID, lines: bool = False,

@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shop.payments.gateway import (
-    IntentState,
     PaymentAuthError,
     PaymentGateway,
     PaymentProviderError,
     PaymentTransientError,
-    RefundState,
 )
+from shop.payments.wrapped import WrappedGateway
 
 T = TypeVar("T")
 
@@ -95,15 +94,14 @@ def take_rule(path: Path, op: str) -> dict[str, Any] | None:
         return chosen
 
 
-class FaultyGateway:
+class FaultyGateway(WrappedGateway):
     """Wraps a real gateway; applies the rules in ``path`` before each call."""
 
     def __init__(self, inner: PaymentGateway, path: Path) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.path = path
-        self.name = inner.name
 
-    def _call(self, op: str, call: Callable[[], T]) -> T:
+    def around(self, op: str, call: Callable[[], T]) -> T:
         rule = take_rule(self.path, op)
         mode = rule.get("mode") if rule else None
         if mode == "hang":
@@ -118,32 +116,3 @@ class FaultyGateway:
         if mode == "lost_answer":
             raise PaymentTransientError(f"injected: the answer to {op} was lost")
         return result
-
-    def create_intent(self, *, amount: int, currency: str, payment_method: str,
-                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
-        return self._call("create_intent", lambda: self.inner.create_intent(
-            amount=amount, currency=currency, payment_method=payment_method,
-            metadata=metadata, idempotency_key=idempotency_key))
-
-    def retrieve(self, reference: str) -> IntentState:
-        return self._call("retrieve", lambda: self.inner.retrieve(reference))
-
-    def confirm(self, reference: str, *, idempotency_key: str) -> IntentState:
-        return self._call("confirm", lambda: self.inner.confirm(
-            reference, idempotency_key=idempotency_key))
-
-    def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState:
-        return self._call("capture", lambda: self.inner.capture(
-            reference, amount=amount, idempotency_key=idempotency_key))
-
-    def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
-        return self._call("cancel", lambda: self.inner.cancel(
-            reference, idempotency_key=idempotency_key))
-
-    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
-        return self._call("refund", lambda: self.inner.refund(
-            reference, amount=amount, idempotency_key=idempotency_key))
-
-    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
-        return self._call("list_intents", lambda: iter(list(
-            self.inner.list_intents(created_after=created_after))))

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
-from shop.payments.gateway import (
-    MAX_PACING_WAIT,
-    IntentState,
-    PaymentGateway,
-    PaymentRateLimited,
-    RefundState,
-)
+from shop.payments.gateway import MAX_PACING_WAIT, PaymentGateway, PaymentRateLimited
+from shop.payments.wrapped import WrappedGateway
 
 T = TypeVar("T")
 
@@ -64,43 +59,13 @@ class Pacer:
             self._lock.release()
 
 
-class PacedGateway:
+class PacedGateway(WrappedGateway):
     """A gateway whose every call waits for its turn."""
 
     def __init__(self, inner: PaymentGateway, pacer: Pacer) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pacer = pacer
-        self.name = inner.name
 
-    def _paced(self, call: Callable[[], T]) -> T:
+    def around(self, op: str, call: Callable[[], T]) -> T:
         self.pacer.wait_turn()
         return call()
-
-    def create_intent(self, *, amount: int, currency: str, payment_method: str,
-                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
-        return self._paced(lambda: self.inner.create_intent(
-            amount=amount, currency=currency, payment_method=payment_method,
-            metadata=metadata, idempotency_key=idempotency_key))
-
-    def retrieve(self, reference: str) -> IntentState:
-        return self._paced(lambda: self.inner.retrieve(reference))
-
-    def confirm(self, reference: str, *, idempotency_key: str) -> IntentState:
-        return self._paced(lambda: self.inner.confirm(reference,
-                                                      idempotency_key=idempotency_key))
-
-    def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState:
-        return self._paced(lambda: self.inner.capture(
-            reference, amount=amount, idempotency_key=idempotency_key))
-
-    def cancel(self, reference: str, *, idempotency_key: str) -> IntentState:
-        return self._paced(lambda: self.inner.cancel(reference,
-                                                     idempotency_key=idempotency_key))
-
-    def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
-        return self._paced(lambda: self.inner.refund(
-            reference, amount=amount, idempotency_key=idempotency_key))
-
-    def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
-        return self._paced(lambda: iter(list(
-            self.inner.list_intents(created_after=created_after))))

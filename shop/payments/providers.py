@@ -8,6 +8,7 @@ from shop.config import Settings, get_settings
 from shop.payments.dummy import DummyGateway
 from shop.payments.faults import FaultyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
+from shop.payments.metered import MeteredGateway
 from shop.payments.pacing import PacedGateway, Pacer
 
 
@@ -15,9 +16,7 @@ def build_gateway(settings: Settings) -> PaymentGateway:
     """Stripe when the settings choose it, else the dummy provider that needs no server.
 
     A set ``stripe_api_base`` means a Stripe emulator (localstripe in tests), which
-    is sent only the request fields it understands. ``SHOP_PAYMENT_FAULTS`` wraps the
-    gateway in injected faults (``shop.payments.faults``), and every call is paced at
-    this process's share of the provider's rate (``shop.payments.pacing``).
+    is sent only the request fields it understands.
     """
     gateway: PaymentGateway
     if settings.provider == "stripe":
@@ -31,11 +30,17 @@ def build_gateway(settings: Settings) -> PaymentGateway:
     else:
         gateway = DummyGateway(state_dir=settings.data_dir / "dummy_payments",
                                latency_ms=settings.dummy_payment_latency_ms)
+    return gateway
+
+
+def layered(gateway: PaymentGateway, settings: Settings) -> PaymentGateway:
+    """``gateway`` as a process uses it: injected faults when asked, paced at this
+    process's share of the provider's rate, every call timed and counted."""
     if settings.payment_faults is not None:
         gateway = FaultyGateway(gateway, settings.payment_faults)
     if settings.provider_rate is not None:
         gateway = PacedGateway(gateway, Pacer(settings.provider_rate))
-    return gateway
+    return MeteredGateway(gateway)
 
 
 @lru_cache(maxsize=1)
@@ -44,4 +49,5 @@ def get_gateway() -> PaymentGateway:
 
     Built lazily, so each forked worker child makes its own after the fork.
     """
-    return build_gateway(get_settings())
+    settings = get_settings()
+    return layered(build_gateway(settings), settings)

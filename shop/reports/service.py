@@ -33,6 +33,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shop import metrics
 from shop.config import Settings
 from shop.db import insert_for, utcnow
 from shop.exceptions import PermanentError
@@ -119,8 +120,10 @@ def run_daily_report(session: Session, *, day: dt.date, resend: bool, settings: 
     try:
         mailed = deliver(session, day=day, resend=resend, settings=settings, mailer=mailer)
     except MailError as exc:
+        metrics.REPORT_RUNS.labels(outcome="mail_failed").inc()
         return Result(report=get_report(session, day=day), built=built, mailed=False,
                       mail_failure=exc)
+    metrics.REPORT_RUNS.labels(outcome="built" if built else "stored").inc()
     return Result(report=get_report(session, day=day), built=built, mailed=mailed)
 
 
