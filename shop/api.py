@@ -7,7 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shop import errors, health, logs
 from shop.config import get_settings
-from shop.limits import WEBHOOK_BODY, BodyLimit
+from shop.limits import WEBHOOK_BODY, BodyLimit, CheckoutRateLimit
 from shop.orders import admin as orders_admin
 from shop.orders import admin_pages, webhooks
 from shop.orders import router as orders_router
@@ -50,9 +50,13 @@ def create_app() -> FastAPI:
     admin_pages.install(app)
     app.include_router(webhooks.router)
     app.include_router(reports_router.router)
+    settings = get_settings()
     app.add_middleware(BodyLimit, overrides={"/webhooks/": WEBHOOK_BODY})
+    app.add_middleware(CheckoutRateLimit, rate=settings.checkout_rate,
+                       burst=settings.checkout_burst,
+                       trust_forwarded=settings.trust_forwarded_for)
     app.add_middleware(RequestIds)
-    logs.configure(get_settings().log_format)
+    logs.configure(settings.log_format)
     return app
 
 

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     requires_action_timeout: float = Field(default=3600.0, gt=0)
     timezone: str = "UTC"
     log_format: Literal["json", "console"] = "console"
+    checkout_rate: float = Field(default=50.0, gt=0)  # per client, per API process
+    checkout_burst: float = Field(default=100.0, ge=1)
+    trust_forwarded_for: bool = False
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     report_time: str = "00:15"
     report_low_stock: int = Field(default=5, ge=0)

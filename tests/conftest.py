@@ -33,6 +33,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     # In-process code leaves messages to the relay; the stacks of real processes
     # (tests/fixtures/stack.py) turn publishing on commit back on.
     monkeypatch.setenv("SHOP_PUBLISH_ON_COMMIT", "false")
+    # Tests place orders in bursts from one address; the abuse tests set their own limit.
+    monkeypatch.setenv("SHOP_CHECKOUT_RATE", "100000")
+    monkeypatch.setenv("SHOP_CHECKOUT_BURST", "100000")
     get_settings.cache_clear()
     reset_engine()
     yield

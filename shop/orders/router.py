@@ -30,7 +30,9 @@ def list_products(session: SessionDep) -> list[ProductOut]:
     return service.list_products(session)
 
 
-@router.post("/orders", status_code=202, response_model=OrderOut)
+@router.post("/orders", status_code=202, response_model=OrderOut, responses={
+    429: {"model": ErrorOut, "description": "Too many checkouts from this client: retry "
+                                            "after Retry-After, with the same key"}})
 def place_order(body: OrderIn, session: SessionDep, response: Response,
                 idempotency_key: IdempotencyKeyHeader = None) -> OrderOut:
     """Accept an order; the workflow runs in the background."""

@@ -211,3 +211,35 @@ def test_public_failure_messages_are_written_for_customers(client: TestClient) -
     assert "db-internal" not in str(seen)
     assert "OperationalError" not in str(seen)
     assert count_rows(OutboxMessage) == 1
+
+
+def test_a_flood_from_one_client_gets_clear_429s_and_loses_nothing(
+        catalogue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shop.api import create_app
+
+    monkeypatch.setenv("SHOP_CHECKOUT_RATE", "2")
+    monkeypatch.setenv("SHOP_CHECKOUT_BURST", "5")
+    get_settings.cache_clear()
+    with TestClient(create_app()) as flooding:
+        keys = [f"flood-{i}" for i in range(20)]
+        answers = [flooding.post("/v1/orders", json=order_body(), headers={
+            "Idempotency-Key": key}) for key in keys]
+    accepted = [r for r in answers if r.status_code == 202]
+    refused = [r for r in answers if r.status_code == 429]
+    assert len(accepted) + len(refused) == 20
+    assert 5 <= len(accepted) <= 7
+    assert all(r.json()["error"] == "rate_limited" for r in refused)
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert count_rows(Order) == len(accepted)  # a refused checkout wrote nothing
+    assert client_is_unaffected(monkeypatch)
+
+
+def client_is_unaffected(monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Another client still gets through (buckets are per client)."""
+    from shop.limits import CheckoutRateLimit
+
+    limiter = CheckoutRateLimit(app=lambda *_: None, rate=2, burst=5)  # type: ignore[arg-type]
+    for _ in range(5):
+        assert limiter._take("a") == 0
+    assert limiter._take("a") > 0
+    return limiter._take("b") == 0
