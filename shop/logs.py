@@ -64,7 +64,7 @@ def bound(*, request_id: str | None = None, order_id: str | None = None,
 
 
 class Context(logging.Filter):
-    """Adds the ids to every record, and masks email addresses in its message."""
+    """Adds the ids to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         task = TASK.get()
@@ -72,9 +72,19 @@ class Context(logging.Filter):
         record.order_id = getattr(record, "order_id", None) or ORDER_ID.get()
         record.task_id = task[0] if task else None
         record.task_name = task[1] if task else None
-        record.msg = mask(record.getMessage())
-        record.args = None
         return True
+
+
+_plain_records = logging.getLogRecordFactory()
+
+
+def _masked_record(*args: object, **kwargs: object) -> logging.LogRecord:
+    """Every record of the process, with email addresses masked before any handler
+    (ours, Celery's, uvicorn's, a test's) sees it."""
+    record = _plain_records(*args, **kwargs)
+    if record.args or "@" in str(record.msg):
+        record.msg, record.args = mask(record.getMessage()), None
+    return record
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,6 +119,7 @@ def formatter(kind: str) -> logging.Formatter:
 def configure(kind: str, *, logger: logging.Logger | None = None) -> None:
     """Send ``logger``'s lines (default: the root's) to stderr in ``kind`` format, with the
     ids; the shop's own INFO lines show without any flag. Safe to call twice."""
+    logging.setLogRecordFactory(_masked_record)
     target = logger or logging.getLogger()
     handler = next((h for h in target.handlers if getattr(h, "shop", False)), None)
     if handler is None:
@@ -124,6 +135,7 @@ def configure(kind: str, *, logger: logging.Logger | None = None) -> None:
 
 def adopt(handlers: list[logging.Handler], kind: str) -> None:
     """Give handlers someone else set up (Celery's) the ids, the masking and the format."""
+    logging.setLogRecordFactory(_masked_record)
     for handler in handlers:
         if not any(isinstance(f, Context) for f in handler.filters):
             handler.addFilter(Context())

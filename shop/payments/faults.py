@@ -71,7 +71,7 @@ def read_state(path: Path) -> dict[str, Any]:
             "record": state.get("record", False), "log": state.get("log", [])}
 
 
-def take_rule(path: Path, op: str) -> dict[str, Any] | None:
+def take_rule(path: Path, op: str, at: float | None = None) -> dict[str, Any] | None:
     """Count a call of ``op`` and use up the first rule matching it; None if none does."""
     if not path.exists():
         return None
@@ -79,8 +79,8 @@ def take_rule(path: Path, op: str) -> dict[str, Any] | None:
         state = read_state(path)
         calls: dict[str, int] = state["calls"]
         calls[op] = calls.get(op, 0) + 1
-        if state["record"]:
-            state["log"].append([op, time.time()])
+        if state["record"]:  # when the call was made, not when it got the file's lock
+            state["log"].append([op, at if at is not None else time.time()])
         chosen = None
         for rule in state["rules"]:
             times, after = rule.get("times"), rule.get("after")
@@ -102,7 +102,7 @@ class FaultyGateway(WrappedGateway):
         self.path = path
 
     def around(self, op: str, call: Callable[[], T]) -> T:
-        rule = take_rule(self.path, op)
+        rule = take_rule(self.path, op, at=time.time())
         mode = rule.get("mode") if rule else None
         if mode == "hang":
             time.sleep(float(rule.get("seconds", 30)))  # type: ignore[union-attr]

@@ -7,7 +7,7 @@ import pytest
 
 from shop.config import Settings
 from shop.payments.gateway import PaymentRateLimited
-from shop.payments.pacing import Pacer
+from shop.payments.pacing import HEADROOM, Pacer
 
 
 class Clock:
@@ -25,8 +25,9 @@ class Clock:
 
 
 def paced(rate: float) -> tuple[Pacer, Clock]:
+    """A pacer whose interval is exactly ``1 / rate`` (its headroom taken out)."""
     clock = Clock()
-    return Pacer(rate=rate, clock=clock, sleep=clock.sleep), clock
+    return Pacer(rate=rate / HEADROOM, clock=clock, sleep=clock.sleep), clock
 
 
 def test_calls_start_an_interval_apart() -> None:
@@ -34,10 +35,10 @@ def test_calls_start_an_interval_apart() -> None:
     for _ in range(4):
         pacer.wait_turn()
         clock.starts.append(clock.now)
-    assert clock.starts == [100.0, 100.25, 100.5, 100.75]
+    assert clock.starts == pytest.approx([100.0, 100.25, 100.5, 100.75])
     clock.now += 5  # idle: no bank of turns builds up, the next starts at once
     pacer.wait_turn()
-    assert clock.now == 105.75
+    assert clock.now == pytest.approx(105.75)
 
 
 def test_a_late_waker_pushes_the_next_turn_back() -> None:
@@ -56,6 +57,7 @@ def test_a_turn_further_off_than_the_longest_wait_is_refused_not_queued() -> Non
     with pytest.raises(PaymentRateLimited) as refused:
         pacer.wait_turn(max_wait=2)
     assert refused.value.retry_after == pytest.approx(4.0)
+    assert Pacer(rate=10).interval == pytest.approx(1 / 9)  # 90% of the share
     assert clock.now == 100.0  # the refused call did not wait
 
 
