@@ -133,12 +133,6 @@ def outbox_lag(session: Session) -> tuple[int, float]:
     return int(count or 0), (utcnow() - oldest).total_seconds() if oldest else 0.0
 
 
-def pending_count(session: Session) -> int:
-    """Messages not yet published (for health checks and tests)."""
-    query = select(func.count()).where(OutboxMessage.published_at.is_(None))
-    return int(session.scalar(query) or 0)
-
-
 def delivery_count(session: Session, *, message_id: str) -> int:
     """How often ``message_id`` was counted so far (0 if never)."""
     return int(session.scalar(select(TaskDelivery.deliveries)
