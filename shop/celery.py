@@ -9,8 +9,9 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 - every queue dead-letters to ``shop.dlx``, so rejected, unknown and poison
   messages land in ``shop.dead_letter`` instead of vanishing; redeliveries are
   bounded by a count kept in the database (``shop.task_runner``);
-- the shop owns a durable ``shop.fulfillment`` queue bound to ``shop.events``, so a
-  warehouse request is kept even before the warehouse binds its own queue;
+- the shop owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations``
+  queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
+  even before the warehouse binds its own queue;
 - JSON only, publisher confirms, time limits on every task.
 """
 
@@ -39,8 +40,12 @@ from shop.config import Settings, get_settings
 from shop.db import dispose_engine
 from shop.messaging import dispatch, relay
 from shop.messaging.models import OutboxMessage
-from shop.orders.steps import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
-from shop.orders.workflow import TaskName
+from shop.orders.workflow import (
+    EVENTS_EXCHANGE,
+    FULFILLMENT_CANCELLED_ROUTING_KEY,
+    FULFILLMENT_ROUTING_KEY,
+    TaskName,
+)
 from shop.reports import schedule as reports_schedule
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ DEAD_LETTER_QUEUE = Queue("shop.dead_letter", DEAD_LETTER_EXCHANGE, routing_key=
 EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 FULFILLMENT_QUEUE = Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_ROUTING_KEY,
                           durable=True)
+CANCELLATION_QUEUE = Queue("shop.fulfillment_cancellations", EVENTS,
+                           routing_key=FULFILLMENT_CANCELLED_ROUTING_KEY, durable=True)
 ROUTES: dict[str, str] = {
     **{task.value: task.queue for task in TaskName},
     **dict.fromkeys(reports_schedule.TASKS, "reports"),
@@ -117,10 +124,11 @@ def configure(app: Celery, settings: Settings) -> None:
 
 def declare_topology(connection: Connection) -> None:
     """Declare what the shop's messages rely on beyond the task queues (AMQP only):
-    the dead-letter queue, and the fulfillment queue on the events exchange."""
+    the dead-letter queue, and the warehouse's queues on the events exchange."""
     channel = connection.default_channel
     DEAD_LETTER_QUEUE(channel).declare()
     FULFILLMENT_QUEUE(channel).declare()
+    CANCELLATION_QUEUE(channel).declare()
 
 
 app = Celery("shop", include=["shop.orders.tasks", "shop.reports.tasks"])

@@ -1,4 +1,4 @@
-"""The workflow's step use cases, and what each does when its task gives up.
+"""The workflow's step use cases (what a task does when it gives up is in giving_up.py).
 
 Each is safe to run twice, concurrently, or again after a crash at any line: it
 reloads the order and returns at once unless the order is at its stage. Steps that
@@ -29,6 +29,8 @@ from shop.orders import attention
 from shop.orders.models import FulfillmentRequest, Order
 from shop.orders.states import Event, Stage, Step
 from shop.orders.workflow import (
+    EVENTS_EXCHANGE,
+    FULFILLMENT_ROUTING_KEY,
     advance,
     fail,
     load,
@@ -43,8 +45,6 @@ from shop.payments.service import Outcome
 log = logging.getLogger(__name__)
 
 CONFIRMATION_KIND = "order_confirmation"
-EVENTS_EXCHANGE = "shop.events"
-FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
 # A payment step's provider calls fit in its soft time limit, which is below the hard
 # limit, which is below the lease: a lease never runs out under a live call.
 PAYMENT_SOFT_LIMIT = MAX_CALLS_PER_STEP * CALL_TIMEOUT + 5
@@ -131,10 +131,10 @@ def _end_lease(order: Order) -> None:
     order.lease_until = None
 
 
-def at_stage(session: Session, *, order_id: uuid.UUID, stage: Stage,
-             lines: bool = False, products: bool = False) -> Order | None:
+def at_stage(session: Session, *, order_id: uuid.UUID, stage: Stage, lines: bool = False,
+             products: bool = False, lock: bool = False) -> Order | None:
     """The order if it is at ``stage``; ``None`` means this step's work is done or moot."""
-    order = load(session, order_id=order_id, lines=lines, products=products)
+    order = load(session, order_id=order_id, lines=lines, products=products, lock=lock)
     return order if order is not None and order.current_stage is stage else None
 
 
@@ -272,8 +272,8 @@ def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
 
 def request_fulfillment(session: Session, *, order_id: uuid.UUID) -> None:
     """Record the warehouse request and publish it once, via the outbox."""
-    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED, lines=True)
-    if order is None:
+    order = at_stage(session, order_id=order_id, stage=Stage.CONFIRMED, lines=True, lock=True)
+    if order is None:  # (locked: an admin cancelling now either went first or waits)
         return
     request_id = session.execute(
         insert_for(session, FulfillmentRequest.__table__)  # type: ignore[arg-type]

@@ -25,10 +25,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
 from shop import metrics
-from shop.messaging.service import enqueue_task
-from shop.orders.models import Order, OrderLine, Product
+from shop.messaging.service import enqueue_event, enqueue_task
+from shop.orders.models import FulfillmentRequest, Order, OrderLine, Product
 from shop.orders.states import Event, Stage, Step, customer_message
 from shop.payments import service as payments
+
+# Messages to the warehouse (a durable topic exchange; see CONTRACT.md).
+EVENTS_EXCHANGE = "shop.events"
+FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
+FULFILLMENT_CANCELLED_ROUTING_KEY = "order.fulfillment_cancelled"
 
 
 class TaskName(StrEnum):
@@ -111,9 +116,12 @@ def _count(session: Session, *, stage: Stage,
 
 
 def load(session: Session, *, order_id: uuid.UUID, lines: bool = False,
-         products: bool = False) -> Order | None:
-    """The order, or None; with its lines (and their products) in the same statement."""
+         products: bool = False, lock: bool = False) -> Order | None:
+    """The order, or None; with its lines (and their products) in the same statement;
+    ``lock`` holds its row until the caller's commit."""
     query = select(Order).where(Order.id == order_id)
+    if lock:
+        query = query.with_for_update(of=Order)
     if products:
         query = query.options(joinedload(Order.lines).joinedload(OrderLine.product))
     elif lines:
@@ -122,7 +130,8 @@ def load(session: Session, *, order_id: uuid.UUID, lines: bool = False,
 
 
 def compensate(session: Session, *, order: Order) -> None:
-    """Undo what the order holds: give back its reserved stock and release its payment.
+    """Undo what the order holds: give back its reserved stock, release its payment and
+    call off its shipment.
 
     The one place an order is undone (reservation shortfall, capture failure, giving
     up, admin cancel, the provider cancelling). It joins the caller's transaction,
@@ -137,6 +146,30 @@ def compensate(session: Session, *, order: Order) -> None:
     if payment is not None and payments.unsettled(payment):
         enqueue_task(session, name=TaskName.RELEASE_PAYMENT,
                      kwargs={"order_id": str(order.id), "attempt": order.payment_attempt})
+    if order.current_stage is Stage.CONFIRMED:
+        withdraw_fulfillment(session, order=order)
+
+
+def withdraw_fulfillment(session: Session, *, order: Order) -> None:
+    """Tell the warehouse that a requested shipment is off, once (the request's status).
+
+    The order's row is locked first: a request being recorded concurrently either
+    commits before this reads the requests, or sees the order no longer confirmed.
+    """
+    load(session, order_id=order.id, lock=True)
+    request_id = session.execute(
+        update(FulfillmentRequest)
+        .where(FulfillmentRequest.order_id == order.id,
+               FulfillmentRequest.status == "requested")
+        .values(status="cancelled").returning(FulfillmentRequest.id)).scalar()
+    if request_id is None:
+        return
+    message_id = uuid.uuid5(request_id, "cancelled")
+    enqueue_event(session, exchange=EVENTS_EXCHANGE,
+                  routing_key=FULFILLMENT_CANCELLED_ROUTING_KEY, message_id=message_id,
+                  body={"message_id": str(message_id), "order_id": str(order.id),
+                        "request_message_id": str(request_id)})
+    order.record("fulfillment.cancelled", detail={"message_id": str(message_id)})
 
 
 def fail(

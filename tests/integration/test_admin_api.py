@@ -214,6 +214,33 @@ def test_cancel_refunds_a_confirmed_order_releases_its_stock_and_only_once(
     assert intent.amount_refunded == seen["total"]
 
 
+def test_cancelling_a_shipped_request_tells_the_warehouse_once(
+        client: TestClient, gateway: FaultyGateway) -> None:
+    def warehouse_messages() -> list[tuple[str, dict[str, Any]]]:
+        with session_scope() as session:
+            return [(m.name, m.payload) for m in session.scalars(
+                select(OutboxMessage).where(OutboxMessage.kind == "event")
+                .order_by(OutboxMessage.created_at))]
+
+    requested = place(client)
+    assert drive(requested, gateway) == "confirmed"
+    with session_scope() as session:
+        steps.request_fulfillment(session, order_id=requested)
+    assert client.post(f"/admin/orders/{requested}/cancel", headers=AUTH).status_code == 202
+    assert client.post(f"/admin/orders/{requested}/cancel", headers=AUTH).status_code == 409
+    [(_, request), (name, withdrawal)] = warehouse_messages()
+    assert name == "order.fulfillment_cancelled"
+    assert withdrawal["order_id"] == str(requested)
+    assert withdrawal["request_message_id"] == request["message_id"]
+
+    not_yet = place(client, email="second@example.com")
+    assert drive(not_yet, gateway) == "confirmed"
+    assert client.post(f"/admin/orders/{not_yet}/cancel", headers=AUTH).status_code == 202
+    with session_scope() as session:  # the step's message arrives after the cancel
+        steps.request_fulfillment(session, order_id=not_yet)
+    assert len(warehouse_messages()) == 2  # nothing asked of the warehouse for it
+
+
 def test_unknown_orders_are_404_and_other_states_409(client: TestClient) -> None:
     assert client.post(f"/admin/orders/{uuid.uuid4()}/retry", headers=AUTH).status_code == 404
     pending = place(client)
