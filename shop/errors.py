@@ -55,6 +55,7 @@ def _responses(**texts: str) -> dict[int | str, dict[str, Any]]:
 
 # What every route may answer, and what the admin routes add.
 ERROR_RESPONSES = _responses(
+    s400="A body that is not JSON",
     s422="Invalid input, or a body over 64 KiB; `fields` names each problem")
 ADMIN_RESPONSES = _responses(
     s401="Missing or wrong admin token",
@@ -121,8 +122,28 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
                           headers=dict(exc.headers or {}))
 
 
+def _errors_are_json(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI files a route's error models under the route's own media type; a page
+    (``text/html``) still answers its errors as ``ErrorOut`` JSON, so say so."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for code, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if int(code) >= 400 and "text/html" in content:
+                    response["content"] = {"application/json": content.pop("text/html")}
+    return schema
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every error the ``ErrorOut`` shape."""
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _errors_are_json(build_schema())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(InvalidRequest, _invalid)
     app.add_exception_handler(ShopHTTPError, _shop)
