@@ -13,7 +13,9 @@ PYTEST_ARGS ?=
 DEV_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test lint install lock bench
+PIP_AUDIT_VERSION := 2.10.1
+
+.PHONY: run test lint install lock bench audit
 
 ## run: migrate, seed a demo catalogue, then run API, worker, beat and relay
 ##      (make run DEV_ARGS="--port 8080")
@@ -35,6 +37,14 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy shop
+
+## audit: pip-audit over the locked set (needs PyPI's JSON API or osv.dev; it fails,
+##        never passes, when it can't reach them: --strict)
+##        pip-audit lives in a venv of its own, so it never changes the locked set
+audit:
+	test -x $(VENV)/audit/bin/pip-audit || { $(PYTHON) -m venv $(VENV)/audit && \
+		$(VENV)/audit/bin/pip install --quiet pip-audit==$(PIP_AUDIT_VERSION); }
+	$(VENV)/audit/bin/pip-audit --strict --no-deps --disable-pip -r $(LOCK)
 
 install: $(STAMP)
 
