@@ -210,14 +210,14 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     settings = get_settings()
     env = dict(os.environ)
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    if token is None:
-        token = secrets.token_urlsafe(24)
-        env["SHOP_ADMIN_TOKEN"] = token
+    # A token made up for this run is shown; one the user set is theirs and stays unsaid.
+    shown = "the one in SHOP_ADMIN_TOKEN"
+    if settings.admin_token is None:
+        shown = env["SHOP_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     mail = "SMTP (SHOP_SMTP_URL)" if settings.smtp_url else f"{settings.mail_path}/*.eml"
     print(f"shop dev: API on http://{args.host}:{args.port}  (docs at /docs)")
-    print(f"shop dev: admin token {token}")
+    print(f"shop dev: admin token {shown}")
     print(f"shop dev: emails go to {mail}; payments: {settings.provider}; "
           f"broker: {settings.broker_url.split('@')[-1]}", flush=True)
     return _supervise(dev_commands(host=args.host, port=args.port), env,

@@ -132,11 +132,12 @@ def verify_event(payload: bytes, signature: str | None, secrets: Sequence[str],
         try:
             event = stripe.Webhook.construct_event(payload, signature, secret,
                                                    tolerance=tolerance)
+            body = event.to_dict()
         except stripe.SignatureVerificationError:
             continue
-        except (ValueError, UnicodeDecodeError) as exc:  # signed, but not an event's JSON
+        # Signed, but not an event's JSON (or nested past what the decoder recurses into).
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SignatureInvalid(f"the signed body is not an event: {exc}") from exc
-        body = event.to_dict()
         if not isinstance(body.get("id"), str) or not isinstance(body.get("type"), str):
             raise SignatureInvalid("the signed body has no event id or type")
         return ProviderEvent(id=body["id"], type=body["type"],

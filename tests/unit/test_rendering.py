@@ -92,8 +92,13 @@ def test_confirmation_names_the_order_every_line_and_the_total() -> None:
 def test_html_escapes_what_the_customer_typed_and_text_keeps_it() -> None:
     context = order_context(name="<script>alert(1)</script>")
     context["order"]["lines"][0]["name"] = "Mugs & <b>more</b>"
+    context["order"]["shipping_address"]["line1"] = "<img src=x onerror=alert(1)>"
+    context["order"]["shipping_address"]["city"] = "{{ 7*7 }}"
     email = render_email(TEMPLATE, context)
     assert "<script>" not in email.html
+    assert "<img" not in email.html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in email.html
+    assert "{{ 7*7 }}" in email.html  # data, never a template
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in email.html
     assert "Mugs &amp; &lt;b&gt;more&lt;/b&gt;" in email.html
     assert "Hello <script>alert(1)</script>," in email.text
