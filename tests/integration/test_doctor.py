@@ -50,7 +50,8 @@ def test_an_unreachable_rabbitmq_is_named_with_the_url_tried_without_its_passwor
     broker = lines_by_check(done.stdout)["broker"]
     assert broker.startswith("FAIL")
     assert f"RabbitMQ at amqp://shop:***@127.0.0.1:{port}/shop does not answer" in broker
-    assert "fix:" in broker and "SHOP_BROKER_URL" in broker
+    assert "fix:" in broker
+    assert "SHOP_BROKER_URL" in broker
     assert lines_by_check(done.stdout)["database"].startswith("ok")
     assert SECRET not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -75,9 +76,11 @@ def test_postgresql_rabbitmq_smtp_and_a_stripe_test_key_all_pass(
     assert {name: line.split()[0] for name, line in checks.items()} == dict.fromkeys(
         ["database", "migrations", "broker", "smtp", "payments", "webhooks", "admin"], "ok"), \
         done.stdout
-    assert "PostgreSQL" in checks["database"] and "max_connections" in checks["database"]
+    assert "PostgreSQL" in checks["database"]
+    assert "max_connections" in checks["database"]
     assert "Stripe in test mode" in checks["payments"]
-    assert SECRET not in done.stdout and ADMIN not in done.stdout
+    assert SECRET not in done.stdout
+    assert ADMIN not in done.stdout
     assert done.stdout.splitlines()[-1] == "shop doctor: all checks passed (0 warnings)"
     assert took < 20
 
@@ -98,8 +101,10 @@ def test_a_laptop_on_the_embedded_defaults_passes_with_warnings(tmp_path: Path) 
     done, _ = doctor({"SHOP_DATABASE_URL": url, "SHOP_DATA_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stdout
     checks = lines_by_check(done.stdout)
-    assert checks["database"].startswith("warn") and "PostgreSQL" in checks["database"]
-    assert checks["broker"].startswith("warn") and "RabbitMQ" in checks["broker"]
+    assert checks["database"].startswith("warn")
+    assert "PostgreSQL" in checks["database"]
+    assert checks["broker"].startswith("warn")
+    assert "RabbitMQ" in checks["broker"]
     assert checks["payments"].startswith("warn  payments: the dummy provider")
 
 
