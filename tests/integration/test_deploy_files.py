@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
+REGENERATE = "python -m tests.integration.test_deploy_files > deploy/rabbitmq/definitions.json"
 DEAD_LETTER_POLICY = {"vhost": "/", "name": "shop-dead-letter",
                       "pattern": f"^({'|'.join(QUEUES)})$", "apply-to": "queues",
                       "priority": 0,
@@ -244,7 +245,7 @@ def expected_definitions(vhost: str = "/") -> dict[str, Any]:
 
 def test_the_rabbitmq_definitions_are_what_the_workers_declare() -> None:
     written = json.loads(DEFINITIONS.read_text())
-    assert written == expected_definitions()
+    assert written == expected_definitions(), f"regenerate it: {REGENERATE}"
     assert {q["arguments"].get("x-queue-type") for q in written["queues"]
             if q["name"] in QUEUES} == {"classic"}
     policy = re.compile(DEAD_LETTER_POLICY["pattern"])
@@ -270,3 +271,7 @@ def test_rabbitmq_imports_the_definitions_and_a_worker_then_declares_without_con
     assert {name: rows[name] for name in QUEUES} == dict.fromkeys(
         QUEUES, ("shop-dead-letter", "true"))
     assert {q.name for q in declared_queues()} <= set(rows)
+
+
+if __name__ == "__main__":  # REGENERATE
+    print(json.dumps(expected_definitions(), indent=2))
