@@ -12,7 +12,8 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 - the shop owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations``
   queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
   even before the warehouse binds its own queue;
-- JSON only, publisher confirms, time limits on every task.
+- JSON only, publisher confirms, time limits on every task;
+- task events on, so Flower (``celery -A shop flower``) follows every task by its name.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ def configure(app: Celery, settings: Settings) -> None:
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
         task_create_missing_queues=False,
         worker_consumer="shop.worker:DeadLetteringConsumer",
-        worker_hijack_root_logger=False, worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        # Task events for Flower (`celery -A shop flower`, the `ops` extra): received,
+        # started, succeeded, retried, failed, and sent by whoever publishes a task.
+        worker_send_task_events=True, task_send_sent_event=True,
         timezone=settings.timezone, enable_utc=True,
         beat_schedule={
             "resume-stuck-orders": {"task": TaskName.RESUME_STUCK.value,

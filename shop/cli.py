@@ -1,4 +1,7 @@
-"""The ``shop`` command: migrate, seed, relay, dev, report."""
+"""The ``shop`` command: migrate, seed, relay, dev, report, orders, reconcile, doctor.
+
+A bad ``SHOP_`` setting ends any command with one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr, ValidationError
 
 from shop import logs
-from shop.config import get_settings
+from shop.config import Settings, get_settings, redact_url
 from shop.orders import commands as orders_commands
 
 if TYPE_CHECKING:
@@ -67,6 +73,17 @@ def _reconcile(_: argparse.Namespace) -> int:
     mended = ", ".join(f"{what}: {count}" for what, count in sorted(tally.items()))
     print(f"reconciled with the payment provider: {mended or 'nothing to do'}")
     return 0
+
+
+def _doctor(_: argparse.Namespace) -> int:
+    """Check the configuration and every service it names; 1 when something is wrong."""
+    from shop import doctor
+
+    findings = doctor.examine(get_settings())
+    for finding in findings:
+        print(finding.line(), flush=True)
+    print(doctor.summary(findings))
+    return 1 if any(f.status == "FAIL" for f in findings) else 0
 
 
 def parse_day(text: str) -> dt.date | None:
@@ -226,14 +243,16 @@ def _dev(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"shop {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="alembic upgrade head").set_defaults(run=_migrate)
     sub.add_parser("seed", help="load the demo catalogue if empty").set_defaults(run=_seed)
     sub.add_parser("relay", help="publish the outbox to the broker").set_defaults(run=_relay)
     sub.add_parser("reconcile", help="settle payments with the provider now").set_defaults(
         run=_reconcile)
+    sub.add_parser("doctor", help="check the configuration and that every service "
+                   "answers; exit 1 when something is wrong").set_defaults(run=_doctor)
     orders_commands.register(sub)
-
 
     report = sub.add_parser("report", help="sales reports").add_subparsers(
         dest="report", required=True)
@@ -251,9 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("shop")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """A settings error as one line naming each variable, never quoting a secret."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"{prefix}{field.upper()}" if field else "settings"
+        message = error["msg"].removeprefix("Value error, ").removeprefix(f"{name} ")
+        problems.append(f"{name}: {message}{_shown(field, error['input'])}")
+    return "; ".join(problems)
+
+
+def _shown(field: str, value: Any) -> str:
+    """`` (got …)`` for a value safe to print: no secret, no password inside a URL."""
+    info = Settings.model_fields.get(field)
+    if info is None or not isinstance(value, str) or "SecretStr" in str(info.annotation):
+        return ""
+    if value == "" or isinstance(value, SecretStr):
+        return ""
+    return f" (got {redact_url(value)[:80]!r})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        get_settings()
+        return int(args.run(args))
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        print(f"shop: configuration error: {settings_problem(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
