@@ -15,21 +15,15 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Body
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, insert, select
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy import insert, select
 
+from bench.bare import BARE
 from bench.naive import process_order
 from shop.api import app
 from shop.deps import SessionDep
 from shop.orders.models import Order, OrderLine, Product
 
 JsonBody = Annotated[dict[str, Any], Body()]
-metadata = MetaData()
-BARE = Table("bench_bare", metadata,
-             Column("id", UUID(as_uuid=True), primary_key=True),
-             Column("email", String(320)),
-             Column("body", JSONB),
-             Column("created_at", DateTime(timezone=True), server_default=func.now()))
 
 
 @app.post("/bench/insert", status_code=202, include_in_schema=False)

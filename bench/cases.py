@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from bench import load
+from bench.bare import metadata
 from bench.stack import ROOT, Bench, free_port, wait_for
 
 # One order is done when it is confirmed, its email was accepted by the SMTP server and
@@ -240,8 +241,6 @@ def profiled(bench: Bench, args: argparse.Namespace, base: str,
 # -- case 5 ----------------------------------------------------------------------------
 def checkout_api(bench: Bench, args: argparse.Namespace) -> Result:
     env = base_env(bench, args)
-    from bench.app import metadata
-
     engine = create_engine(env["SHOP_DATABASE_URL"])
     metadata.create_all(engine)
     engine.dispose()
@@ -312,4 +311,5 @@ CASES = {
     "ceiling": ceiling, "naive": naive, "shop": shop, "shop_latency": shop_latency,
     "checkout_api": checkout_api, "cost": cost, "memory": memory, "shop_split": shop_split,
 }
-DEFAULT_CASES = ["ceiling", "naive", "shop", "shop_latency", "checkout_api", "cost", "memory"]
+DEFAULT_CASES = ["ceiling", "naive", "shop", "shop_split", "shop_latency", "checkout_api", "cost",
+                 "memory"]

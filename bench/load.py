@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
 BODY = {
     "email": "bench@example.com", "name": "Bench",

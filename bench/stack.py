@@ -11,6 +11,7 @@ turns SIGTERM/SIGHUP into an exception).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_QUEUES = "orders,payments,notifications,reports"
 WORKER_FLAGS = ("--without-gossip", "--without-mingle")
+logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: lines per message
 
 
 def rabbitmqctl(*args: str) -> None:
