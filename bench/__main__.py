@@ -56,6 +56,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="orders in case 7; RSS after 1,000 against after these")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds to wait for one batch of orders (default 1800)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the cases this many times, interleaved; the table shows "
+                             "each rate's median (the load of a shared machine drifts)")
     parser.add_argument("--profile", action="store_true",
                         help="record case 3 with py-spy (needs py-spy in the venv)")
     parser.add_argument("--pg-server", default=os.environ.get(
@@ -74,6 +77,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def median(runs: list[Result]) -> Result:
+    """The run with the median rate (the last run for cases without a rate)."""
+    rated = sorted((r for r in runs if r.rate is not None), key=lambda r: r.rate or 0.0)
+    if not rated:
+        return runs[-1]
+    chosen = rated[(len(rated) - 1) // 2] if len(rated) % 2 else rated[len(rated) // 2]
+    if len(runs) > 1:
+        rates = ", ".join(f"{r.rate:.1f}" for r in runs if r.rate is not None)
+        chosen.note = (chosen.note + "; " if chosen.note else "") + f"rounds: {rates}/s"
+    return chosen
+
+
 def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
 
@@ -84,25 +99,29 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _raise_on_signal)
     work = Path(tempfile.mkdtemp(prefix="shop-bench-"))
     bench = Bench(server_url=args.pg_server, broker_url=args.broker, work=work)
-    results: dict[str, Result] = {}
+    rounds: dict[str, list[Result]] = {}
     started = time.monotonic()
     failed = False
     print(f"bench: {', '.join(args.case_list)}; logs in {work}", file=sys.stderr)
     try:
-        for name in args.case_list:
-            print(f"bench: {name} ...", file=sys.stderr, flush=True)
-            t0 = time.monotonic()
-            try:
-                results[name] = CASES[name](bench, args)
-            finally:
-                bench.drop_case()
-            print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr,
-                  flush=True)
+        for round_ in range(1, args.repeat + 1):
+            for name in args.case_list:
+                print(f"bench: {name} (round {round_}) ...", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                try:
+                    result = CASES[name](bench, args)
+                finally:
+                    bench.drop_case()
+                rounds.setdefault(name, []).append(result)
+                rate = f", {result.rate:.1f}/s" if result.rate else ""
+                print(f"bench: {name} done in {time.monotonic() - t0:.0f} s{rate}",
+                      file=sys.stderr, flush=True)
     except BaseException:
         failed = True
         raise
     finally:
         bench.close()
+        results = {name: median(runs) for name, runs in rounds.items()}
         if results:
             print(render(results, args, machine=machine(), python=platform.python_version(),
                          elapsed=time.monotonic() - started))
