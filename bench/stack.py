@@ -36,7 +36,15 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: lines per m
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    """Run ``rabbitmqctl``; a few tries (it is an Erlang node start each time)."""
+    for attempt in range(3):
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        if done.returncode == 0:
+            return
+        time.sleep(1 + attempt)
+    raise RuntimeError(f"rabbitmqctl {' '.join(args)}: exit {done.returncode}: "
+                       f"{(done.stderr or done.stdout).strip()[-500:]}")
 
 
 def free_port() -> int:
