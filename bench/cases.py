@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -149,16 +150,6 @@ def _shop_stack(bench: Bench, args: argparse.Namespace, *, latency_ms: int,
     return start_api(bench, env), env
 
 
-def _done(url: str) -> tuple[int, dt.datetime | None]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            count, last = conn.execute(DONE).one()
-    finally:
-        engine.dispose()
-    return int(count), last
-
-
 def run_orders(bench: Bench, args: argparse.Namespace, base: str, env: dict[str, str], *,
                count: int, start: int, poll: float = 0.5) -> float:
     """Place ``count`` orders and wait until they are all done; orders per second from
@@ -173,15 +164,16 @@ def run_orders(bench: Bench, args: argparse.Namespace, base: str, env: dict[str,
     def finished() -> bool:
         nonlocal last
         with engine.connect() as conn:
-            done, last = conn.execute(DONE).one()
-        return int(done) >= target
+            row = conn.execute(DONE).one()
+        last = row[1]
+        return int(row[0]) >= target
 
     try:
         wait_for(finished, timeout=args.timeout, interval=poll, bench=bench,
                  what=f"{target} orders to be confirmed, mailed and shipped")
     except TimeoutError:
         with engine.connect() as conn:
-            others = dict(conn.execute(NOT_CONFIRMED).all())  # type: ignore[arg-type]
+            others = {row[0]: row[1] for row in conn.execute(NOT_CONFIRMED)}
         raise TimeoutError(f"orders not done; not confirmed: {others}") from None
     finally:
         engine.dispose()
@@ -231,7 +223,7 @@ def profiled(bench: Bench, args: argparse.Namespace, base: str,
         rate = run_orders(bench, args, base, env, count=args.orders, start=args.warmup)
     finally:
         for _, _, proc in spies:
-            os.killpg(proc.pid, 2)
+            os.killpg(proc.pid, signal.SIGINT)
         for _, _, proc in spies:
             proc.wait(timeout=60)
     note = "profiles: " + ", ".join(str(out) for _, out, _ in spies)
