@@ -39,10 +39,11 @@ test: $(STAMP)
 	done; \
 	[ $$empty -lt 2 ] || status=5; exit $$status
 
-## bench: benchmarks, run by hand (bench/README.md); needs PostgreSQL
-##        (make bench BENCH_ARGS="--orders 100000")
+## bench: the workflow benchmark, run by hand (bench/README.md); needs PostgreSQL,
+##        RabbitMQ (rabbitmqctl) and wrk (make bench BENCH_ARGS="--orders 500 --cases shop");
+##        the report benchmark is `.venv/bin/python -m bench.reports`
 bench: $(STAMP)
-	$(BIN)/python -m bench.reports $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)

@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand: ``python -m bench`` (the workflow), ``python -m bench.reports``."""
