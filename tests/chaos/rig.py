@@ -34,12 +34,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import amqp.exceptions
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from shop.db import session_scope
-from shop.messaging.models import OutboxMessage
+from shop.messaging.models import OutboxMessage, TaskDelivery
 from shop.orders.models import Order, OrderLine, Product
 from shop.payments.models import Payment
+from tests.chaos.faults import amqp_connection
 from tests.fixtures.api import ADMIN_TOKEN, free_port
 from tests.fixtures.localstripe import DECLINING_PAYMENT_METHOD, fetch_intents
 from tests.fixtures.proxy import Forwarder
@@ -119,6 +121,7 @@ class Rig:
         self._lock = threading.Lock()
         self._workers = 0
         self.worker_names: list[str] = []
+        self.metrics_ports: dict[str, int] = {}
         self.random = random.Random(scenario)
 
     # ---- processes -------------------------------------------------------------------
@@ -155,6 +158,11 @@ class Rig:
     def start_worker(self, *, env: dict[str, str] | None = None) -> str:
         self._workers += 1
         name = f"w{self._workers}"
+        metrics_dir = self.tmp_path / "metrics" / name
+        metrics_dir.mkdir(parents=True)
+        self.metrics_ports[name] = free_port()
+        env = {"SHOP_METRICS_PORT": str(self.metrics_ports[name]),
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env or {})}
         self.stack.start(name, "-m", "celery", "-A", "shop", "worker", "-l", "info",
                          "-n", f"{name}@%h", "-c", "2", "-Q", QUEUES,
                          "--without-gossip", "--without-mingle",
@@ -173,6 +181,32 @@ class Rig:
         done = subprocess.run([sys.executable, "-m", "shop.cli", *args], env=self.stack.env,
                               capture_output=True, text=True, timeout=300, check=False)
         return done.stdout + done.stderr
+
+    def worker_metric(self, name: str) -> dict[str, float]:
+        """``name``'s samples summed over the running workers, by their ``task`` label."""
+        totals: dict[str, float] = defaultdict(float)
+        for worker in self.worker_names:
+            text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[worker]}/metrics",
+                             timeout=5).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == name:
+                        totals[sample.labels.get("task", "")] += sample.value
+        return dict(totals)
+
+    def dead_letter_count(self) -> int:
+        conn = amqp_connection(self.broker_url)
+        try:
+            return int(conn.channel().queue_declare("shop.dead_letter", passive=True)
+                       .message_count)
+        finally:
+            conn.close()
+
+    def starts(self, task_id: str) -> int:
+        """How many runs of task message ``task_id`` failed (the shop's own count)."""
+        with session_scope() as session:
+            return int(session.scalar(select(TaskDelivery.deliveries).where(
+                TaskDelivery.message_id == f"{task_id}:failures")) or 0)
 
     # ---- orders ----------------------------------------------------------------------
 

@@ -9,7 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
+from shop.celery import app
+from shop.config import get_settings
+from shop.orders.workflow import TaskName
+from tests.chaos.faults import Duplicator, publish_undecodable
 from tests.chaos.rig import ORDERS, Rig
+from tests.fixtures.stack import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -32,4 +37,52 @@ def test_workers_killed_ten_times(chaos: Chaos) -> None:
         rig.replace_worker(sig=signal.SIGKILL)
         rig.result.faults += 1
     placing.join()
+    rig.finish()
+
+
+def test_every_task_message_delivered_twice(chaos: Chaos) -> None:
+    rig = chaos("6. every task message twice")
+    duplicator = Duplicator(rig.broker_url)
+    duplicator.start()
+    try:
+        rig.stock_for(ORDERS)
+        rig.place(ORDERS).join()
+        rig.settle()
+    finally:
+        duplicator.stop()
+    rig.result.faults = duplicator.copied
+    rig.result.notes.append(f"{duplicator.copied} task messages delivered a second time")
+    rig.finish()
+
+
+def test_graceful_deploy_restarts_every_worker(chaos: Chaos) -> None:
+    rig = chaos("8. graceful deploy (SIGTERM)")
+    rig.stock_for(ORDERS)
+    placing = rig.place(ORDERS)
+    for _ in range(2):  # two rolling deploys of both workers
+        for _ in range(2):
+            time.sleep(rig.random.uniform(3.0, 6.0))
+            rig.replace_worker(sig=signal.SIGTERM)
+            rig.result.faults += 1
+    placing.join()
+    rig.finish()
+
+
+def test_poison_messages_are_dead_lettered_once(chaos: Chaos) -> None:
+    rig = chaos("10. poison: undecodable + always raises")
+    rig.stock_for(ORDERS)
+    placing = rig.place(ORDERS)
+    time.sleep(3)
+    publish_undecodable(rig.broker_url)
+    poison = app.send_task(TaskName.CHECK_INVENTORY.value, kwargs={"order_id": "poison"})
+    rig.poisoned = rig.result.faults = 2
+    placing.join()
+    wait_until(lambda: rig.dead_letter_count() >= 2, timeout=120, what="both poison "
+               "messages in the dead-letter queue", stack=rig.stack)
+    starts = rig.starts(poison.id)
+    time.sleep(5)
+    assert rig.starts(poison.id) == starts <= get_settings().retry_max_attempts  # no loop
+    alerts = rig.worker_metric("shop_dead_letters_total")
+    assert alerts.get("undecodable", 0) >= 1, alerts
+    assert alerts.get(TaskName.CHECK_INVENTORY.value, 0) >= 1, alerts
     rig.finish()
