@@ -1,17 +1,13 @@
-"""Faults the rig injects from outside the shop's processes: a tap that delivers every
-task message twice, and poison messages."""
+"""Faults the rig injects from outside the shop's code: every task message published
+twice, and poison messages."""
 
 from __future__ import annotations
 
-import threading
-import time
-from contextlib import suppress
-from typing import Any
+import os
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import amqp
-
-TASK_QUEUES = ("orders", "payments", "notifications", "reports")
 
 
 def amqp_connection(url: str) -> amqp.Connection:
@@ -24,59 +20,14 @@ def amqp_connection(url: str) -> amqp.Connection:
     return conn
 
 
-class Duplicator:
-    """Every task message the shop publishes reaches its queue twice.
+TWICE = Path(__file__).parent / "twice"  # its sitecustomize publishes every task twice
 
-    A tap queue is bound beside each task queue to the same exchange and routing key,
-    so the broker routes every publish to both; a thread copies each message from the
-    tap into the task queue through the default exchange (which bypasses the tap).
-    The copy keeps the body, headers and properties, so it has the same task id: two
-    deliveries of one message, as an at-least-once broker may make. Retries the
-    workers publish are tapped and doubled too.
-    """
 
-    def __init__(self, broker_url: str) -> None:
-        self.broker_url = broker_url
-        self.copied = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not getattr(self, "_ready", False):
-            assert time.monotonic() < deadline, "the duplicating tap did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        conn = amqp_connection(self.broker_url)
-        channel = conn.channel()
-        for queue in TASK_QUEUES:
-            tap = f"chaos.tap.{queue}"
-            channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
-            channel.queue_declare(tap, durable=True, auto_delete=False)
-            channel.queue_bind(tap, queue, queue)
-            channel.basic_consume(tap, callback=self._copier(channel, queue))
-        self._ready = True
-        try:
-            while not self._stop.is_set():
-                with suppress(TimeoutError, OSError):
-                    conn.drain_events(timeout=0.2)
-        finally:
-            with suppress(Exception):
-                conn.close()
-
-    def _copier(self, channel: Any, queue: str) -> Any:
-        def copy(message: amqp.Message) -> None:
-            twin = amqp.Message(message.body, **message.properties)
-            channel.basic_publish(twin, exchange="", routing_key=queue)
-            channel.basic_ack(message.delivery_tag)
-            self.copied += 1
-        return copy
+def twice_env(log: Path) -> dict[str, str]:
+    """The environment that makes the shop's processes publish every task message twice."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, (str(TWICE),
+                                                        os.environ.get("PYTHONPATH")))),
+            "SHOP_CHAOS_TWICE_LOG": str(log)}
 
 
 def publish_undecodable(broker_url: str, queue: str = "orders") -> None:

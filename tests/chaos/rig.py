@@ -122,6 +122,7 @@ class Rig:
         self._workers = 0
         self.worker_names: list[str] = []
         self.metrics_ports: dict[str, int] = {}
+        self._settled = False
         self.random = random.Random(scenario)
 
     # ---- processes -------------------------------------------------------------------
@@ -299,6 +300,9 @@ class Rig:
     def settle(self) -> None:
         """Wait until every accepted order is terminal, its email sent and the outbox
         drained; reconciliation runs every ``RECONCILE_EVERY`` s as beat's would."""
+        if self._settled:
+            return
+        self._settled = True
         started = last_reconcile = time.monotonic()
         while True:
             try:
