@@ -92,7 +92,8 @@ def chaos(pg_url: str, vhost_url: str, smtp_server: SmtpServer, tmp_path: Path,
         }, tmp_path=tmp_path, monkeypatch=monkeypatch)
         rig = Rig(scenario=scenario, stack=stack, broker_url=vhost_url, smtp=smtp_server,
                   stripe_url=stripe_url, stripe_proxy=stripe_proxy,
-                  broker_proxy=broker_proxy if workers_via_proxy else None,
+                  broker_proxy=broker_proxy if broker_proxy_for_all or workers_via_proxy
+                  else None,
                   warehouse_queue=bind_warehouse_queue(vhost_url), tmp_path=tmp_path)
         rigs.append(rig)
         rig.start()
