@@ -12,8 +12,9 @@ LOCK_ARGS ?=
 PYTEST_ARGS ?=
 DEV_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: run test lint install lock bench
+.PHONY: run test lint install lock bench chaos
 
 ## run: migrate, seed a demo catalogue, then run API, worker, beat and relay
 ##      (make run DEV_ARGS="--port 8080")
@@ -30,6 +31,13 @@ test: $(STAMP)
 ##        (make bench BENCH_ARGS="--orders 100000")
 bench: $(STAMP)
 	$(BIN)/python -m bench.reports $(BENCH_ARGS)
+
+## chaos: the fault-injection suite on the real services (docs/RELIABILITY.md), about
+##        15 minutes; prints the table and writes var/chaos-results.md. Needs
+##        SHOP_TEST_DATABASE_URL and SHOP_TEST_BROKER_URL, as the e2e tests do; restarts
+##        PostgreSQL once unless SHOP_CHAOS_PG_RESTART=0 (make chaos CHAOS_ARGS="-k poison")
+chaos: $(STAMP)
+	SHOP_CHAOS_PG_RESTART=$${SHOP_CHAOS_PG_RESTART-1} $(BIN)/pytest tests/chaos -m chaos $(CHAOS_ARGS)
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)

@@ -49,7 +49,7 @@ def publish_undecodable(broker_url: str, queue: str = "orders") -> None:
         channel = conn.channel()
         channel.basic_publish(amqp.Message(b"\xff\xfe{not json", content_type="application/json",
                                            content_encoding="utf-8", delivery_mode=2),
-                              exchange=queue, routing_key=queue)
+                              exchange="", routing_key=queue)
     finally:
         conn.close()
 

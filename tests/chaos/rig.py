@@ -46,7 +46,7 @@ from tests.fixtures.api import ADMIN_TOKEN, free_port
 from tests.fixtures.localstripe import DECLINING_PAYMENT_METHOD, fetch_intents
 from tests.fixtures.proxy import Forwarder
 from tests.fixtures.smtp import SmtpServer
-from tests.fixtures.stack import TERMINAL, Stack, drain_raw
+from tests.fixtures.stack import TERMINAL, Stack, drain_raw, wait_until
 
 ORDERS = int(os.environ.get("SHOP_CHAOS_ORDERS", "200"))
 RATE = float(os.environ.get("SHOP_CHAOS_RATE", "5"))  # orders a second, a steady storefront
@@ -131,6 +131,9 @@ class Rig:
         self.start_api()
         for _ in range(workers):
             self.start_worker()
+        wait_until(lambda: min(self.dead_letter_count(q) for q in (
+            "shop.dead_letter", *QUEUES.split(","))) >= 0, timeout=60, stack=self.stack,
+            what="the workers to declare their queues")
         self.stack.start_relay()
         self.stack.start("beat", "-m", "celery", "-A", "shop", "beat", "-l", "info",
                          "-s", str(self.tmp_path / "celerybeat-schedule"))
@@ -195,11 +198,13 @@ class Rig:
                         totals[sample.labels.get("task", "")] += sample.value
         return dict(totals)
 
-    def dead_letter_count(self) -> int:
+    def dead_letter_count(self, queue: str = "shop.dead_letter") -> int:
+        """Messages in ``queue`` (the dead letters); -1 until a worker has declared it."""
         conn = amqp_connection(self.broker_url)
         try:
-            return int(conn.channel().queue_declare("shop.dead_letter", passive=True)
-                       .message_count)
+            return int(conn.channel().queue_declare(queue, passive=True).message_count)
+        except amqp.exceptions.NotFound:
+            return -1
         finally:
             conn.close()
 
