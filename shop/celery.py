@@ -14,7 +14,11 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 - the shop owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations``
   queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
   even before the warehouse binds its own queue;
-- JSON only, publisher confirms, time limits on every task.
+- JSON only, publisher confirms, time limits on every task;
+- the remote-control (pidbox) queue is not exclusive: after a network blip the
+  worker reconnects before RabbitMQ has reaped the old connection, and redeclaring
+  an exclusive queue it still holds fails with RESOURCE_LOCKED, which stops the
+  worker for good (the queue still expires once its worker is gone).
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def configure(app: Celery, settings: Settings) -> None:
         task_acks_on_failure=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        control_queue_exclusive=False,
         task_time_limit=60, task_soft_time_limit=45,
         task_queues=task_queues(settings), task_default_queue="orders",
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
