@@ -118,7 +118,12 @@ def _run(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp) ->
     except Exception as exc:
         if not isinstance(exc, TRANSIENT):
             log.exception("%s[%s] failed unexpectedly", task.name, request.id)
-        failures = _count(task, f"{request.id}:failures")
+        try:
+            failures = _count(task, f"{request.id}:failures")
+        except OperationalError:  # the database is gone too: retry later, uncounted
+            if request.retries >= MAX_BUSY_RETRIES:
+                raise
+            raise task.retry(exc=exc, countdown=backoff(min(request.retries, 5))) from exc
         if failures >= get_settings().retry_max_attempts:
             _give_up(task, on_exhausted, exc)
             return

@@ -50,6 +50,9 @@ from tests.fixtures.stack import TERMINAL, Stack, drain_raw, wait_until
 
 ORDERS = int(os.environ.get("SHOP_CHAOS_ORDERS", "200"))
 RATE = float(os.environ.get("SHOP_CHAOS_RATE", "5"))  # orders a second, a steady storefront
+# Read at import: the test-wide fixture clears every SHOP_ variable before each test.
+PG_RESTART = os.environ.get("SHOP_CHAOS_PG_RESTART") == "1"
+OVERLOAD_SECONDS = float(os.environ.get("SHOP_CHAOS_OVERLOAD_SECONDS", "20"))
 SETTLE_TIMEOUT = float(os.environ.get("SHOP_CHAOS_SETTLE_TIMEOUT", "300"))
 PLACE_TIMEOUT = 240.0  # how long a storefront keeps retrying one checkout
 RECONCILE_EVERY = 60.0  # beat reconciles every 300 s; the rig asks as often as this

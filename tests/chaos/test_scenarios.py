@@ -3,7 +3,6 @@ through the real API, injects one kind of fault, and counts broken promises."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from shop.celery import app
 from shop.config import get_settings
 from shop.orders.workflow import TaskName
 from tests.chaos.faults import WebhookStorm, publish_undecodable, terminate_backends, twice_env
-from tests.chaos.rig import ORDERS, RATE, Rig
+from tests.chaos.rig import ORDERS, OVERLOAD_SECONDS, PG_RESTART, RATE, Rig
 from tests.fixtures.smtp import SmtpServer
 from tests.fixtures.stack import rabbitmqctl, wait_until
 
@@ -157,7 +156,7 @@ def test_broker_unreachable_for_thirty_seconds_during_checkout(chaos: Chaos) -> 
 
 def test_database_connections_killed_and_postgresql_restarted(chaos: Chaos,
                                                               pg_url: str) -> None:
-    restart = os.environ.get("SHOP_CHAOS_PG_RESTART") == "1"
+    restart = PG_RESTART
     rig = chaos("3. pg_terminate_backend x5" + (" + PostgreSQL restart" if restart else ""))
     rig.stock_for(ORDERS)
     placing = rig.place(ORDERS)
@@ -206,7 +205,7 @@ def test_webhooks_duplicated_reordered_and_raced(chaos: Chaos) -> None:
 
 
 def test_overload_five_times_the_sustainable_rate(chaos: Chaos) -> None:
-    seconds = float(os.environ.get("SHOP_CHAOS_OVERLOAD_SECONDS", "20"))
+    seconds = OVERLOAD_SECONDS
     rate = 5 * RATE
     rig = chaos(f"9. overload {rate:.0f}/s for {seconds:.0f} s")
     count = int(rate * seconds)
