@@ -12,13 +12,14 @@ LOCK_ARGS ?=
 PYTEST_ARGS ?=
 TEST_JOBS ?= 3
 FAST_TESTS := tests/unit tests/integration tests/test_lint.py
-E2E_TESTS := tests/e2e
+E2E_TESTS := tests/e2e tests/chaos
 DEV_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
 PIP_AUDIT_VERSION := 2.10.1
 
-.PHONY: run test lint install lock bench audit
+.PHONY: run test lint install lock bench chaos audit
 
 ## run: migrate, seed a demo catalogue, then run API, worker, beat and relay
 ##      (make run DEV_ARGS="--port 8080")
@@ -29,7 +30,8 @@ run: $(STAMP)
 
 ## test: the whole suite (make test PYTEST_ARGS="-k orders -x"): unit and integration
 ##       tests on TEST_JOBS processes (each test has its own database and vhost), then
-##       the end-to-end runs one at a time (some stop RabbitMQ or kill workers).
+##       the end-to-end runs and the fast chaos subset one at a time (some stop
+##       RabbitMQ or kill workers).
 ##       A phase that a -k selects nothing from is fine; both empty is not.
 test: $(STAMP)
 	@status=0; empty=0; \
@@ -44,6 +46,13 @@ test: $(STAMP)
 ##        the report benchmark is `.venv/bin/python -m bench.reports`
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## chaos: the fault-injection suite on the real services (docs/RELIABILITY.md), about
+##        15 minutes; prints the table and writes var/chaos-results.md. Needs
+##        SHOP_TEST_DATABASE_URL and SHOP_TEST_BROKER_URL, as the e2e tests do; restarts
+##        PostgreSQL once unless SHOP_CHAOS_PG_RESTART=0 (make chaos CHAOS_ARGS="-k poison")
+chaos: $(STAMP)
+	SHOP_CHAOS_PG_RESTART=$${SHOP_CHAOS_PG_RESTART-1} $(BIN)/pytest tests/chaos -m chaos $(CHAOS_ARGS)
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)

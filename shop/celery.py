@@ -3,7 +3,9 @@
 Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 - acks_late + reject_on_worker_lost + prefetch 1: a message is acknowledged only
   after its task finished, and a worker killed mid-task gives it back; a task stopped
-  by its hard time limit is put back too (``task_acks_on_timeout=False``);
+  by its hard time limit is put back too (``task_acks_on_timeout=False``); a task
+  that raises out of its retries is rejected, not acknowledged
+  (``task_acks_on_failure=False``), so it is dead-lettered instead of dropped;
 - classic durable queues: delayed (countdown) retries on quorum queues were lost
   before RabbitMQ 4.0.1, and classic queues keep them;
 - every queue dead-letters to ``shop.dlx``, so rejected, unknown and poison
@@ -14,6 +16,10 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
   even before the warehouse binds its own queue;
 - JSON only, publisher confirms, time limits on every task;
 - task events on, so Flower (``celery -A shop flower``) follows every task by its name.
+- the remote-control (pidbox) queue is not exclusive: after a network blip the
+  worker reconnects before RabbitMQ has reaped the old connection, and redeclaring
+  an exclusive queue it still holds fails with RESOURCE_LOCKED, which stops the
+  worker for good (the queue still expires once its worker is gone).
 """
 
 from __future__ import annotations
@@ -102,8 +108,10 @@ def configure(app: Celery, settings: Settings) -> None:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_ignore_result=True, result_backend=None,
         task_acks_late=True, task_reject_on_worker_lost=True, task_acks_on_timeout=False,
+        task_acks_on_failure=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        control_queue_exclusive=False,
         task_time_limit=60, task_soft_time_limit=45,
         task_queues=task_queues(settings), task_default_queue="orders",
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},

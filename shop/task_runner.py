@@ -12,7 +12,10 @@ A task is thin: it turns ids into a call of one step and leaves errors to
 
 "Gives up" calls the task's ``on_exhausted``, which fails the order or flags it for a
 person; it never leaves the order waiting silently. A hard time limit puts the message
-back on the queue (``task_acks_on_timeout=False``) and counts as one failure.
+back on the queue (``task_acks_on_timeout=False``) and counts as one failure. An
+exception that escapes even the give-up (a malformed message: no such order id) is
+rejected without requeue (``task_acks_on_failure=False``) into the dead-letter queue,
+and counted in ``shop_dead_letters``.
 Counts live in the database, keyed by the message id, so they survive redelivery;
 a redelivered message's starts are counted too, so a task that kills its worker
 every time is dead-lettered after SHOP_MAX_DELIVERIES starts.
@@ -115,7 +118,12 @@ def _run(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp) ->
     except Exception as exc:
         if not isinstance(exc, TRANSIENT):
             log.exception("%s[%s] failed unexpectedly", task.name, request.id)
-        failures = _count(task, f"{request.id}:failures")
+        try:
+            failures = _count(task, f"{request.id}:failures")
+        except OperationalError:  # the database is gone too: retry later, uncounted
+            if request.retries >= MAX_BUSY_RETRIES:
+                raise
+            raise task.retry(exc=exc, countdown=backoff(min(request.retries, 5))) from exc
         if failures >= get_settings().retry_max_attempts:
             _give_up(task, on_exhausted, exc)
             return
@@ -142,13 +150,17 @@ def _peek(task: Task, key: str) -> int:
 
 
 class ShopTask(Task):  # type: ignore[misc]
-    """Counts a hard time limit as one failure of the step (Celery then requeues it)."""
+    """Counts a hard time limit as one failure of the step (Celery then requeues it), and
+    any other failure as a dead letter (Celery then rejects it without requeue)."""
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any,
                    einfo: ExceptionInfo) -> None:
         if isinstance(exc, TimeLimitExceeded):
             with session_scope() as session:
                 count_delivery(session, message_id=f"{task_id}:failures", task_name=self.name)
+            return
+        log.critical("%s[%s] failed for good: dead-lettering it", self.name, task_id)
+        metrics.DEAD_LETTERS.labels(task=str(self.name)).inc()
 
 
 def task_options(**extra: Any) -> dict[str, Any]:

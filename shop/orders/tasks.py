@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from functools import partial
 
@@ -10,11 +11,13 @@ from sqlalchemy.orm import Session
 
 from shop.celery import app
 from shop.config import get_settings
-from shop.notifications.mailer import build_mailer
+from shop.notifications.mailer import MailTransientError, build_mailer
 from shop.orders import giving_up, payment_events, reconcile, steps, sweeper
 from shop.orders.workflow import TaskName
 from shop.payments.providers import get_gateway
 from shop.task_runner import run_step, task_options
+
+log = logging.getLogger(__name__)
 
 PAYMENT_LIMITS = {"soft_time_limit": steps.PAYMENT_SOFT_LIMIT,
                   "time_limit": steps.PAYMENT_HARD_LIMIT}
@@ -59,12 +62,23 @@ def capture_payment_task(self: Task, order_id: str) -> None:
              partial(_give_up, self, TaskName.CAPTURE_PAYMENT, order_id))
 
 
+def _give_up_email(task: Task, order_id: str, session: Session, exc: Exception) -> None:
+    """A mail server that still answers "try later" after every attempt is an outage,
+    not a verdict: the sweeper sends the email again later (and flags the order after
+    its own tries); a refusal for good (5xx) or anything else is flagged now."""
+    if isinstance(exc, MailTransientError):
+        log.warning("confirmation email for %s still refused (%s): left to the sweeper",
+                    order_id, exc)
+        return
+    _give_up(task, TaskName.SEND_CONFIRMATION, order_id, session, exc)
+
+
 @app.task(name=TaskName.SEND_CONFIRMATION, **task_options())
 def send_confirmation_task(self: Task, order_id: str) -> None:
     settings = get_settings()
     run_step(self, lambda s: steps.send_confirmation(
         s, order_id=uuid.UUID(order_id), mailer=build_mailer(settings),
-        sender=settings.mail_from), partial(_give_up, self, TaskName.SEND_CONFIRMATION, order_id))
+        sender=settings.mail_from), partial(_give_up_email, self, order_id))
 
 
 @app.task(name=TaskName.REQUEST_FULFILLMENT, **task_options())
