@@ -15,7 +15,12 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
   queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
   even before the warehouse binds its own queue;
 - JSON only, publisher confirms, time limits on every task;
-- task events on, so Flower (``celery -A shop flower``) follows every task by its name.
+- a task running when the worker loses RabbitMQ is let finish
+  (``worker_cancel_long_running_tasks_on_connection_loss=False``): its message comes
+  back and its copy finds the work done (stage guard, payment lease, email ledger),
+  whereas cancelling it could stop an email between the SMTP server's "accepted" and
+  the ledger's "sent", and send it twice (the chaos suite's scenario 2b saw it);
+- task events on, so Flower (``celery -A shop flower``) follows every task by its name;
 - the remote-control (pidbox) queue is not exclusive: after a network blip the
   worker reconnects before RabbitMQ has reaped the old connection, and redeclaring
   an exclusive queue it still holds fails with RESOURCE_LOCKED, which stops the
@@ -110,7 +115,7 @@ def configure(app: Celery, settings: Settings) -> None:
         task_acks_late=True, task_reject_on_worker_lost=True, task_acks_on_timeout=False,
         task_acks_on_failure=False,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         control_queue_exclusive=False,
         task_time_limit=60, task_soft_time_limit=45,
         task_queues=task_queues(settings), task_default_queue="orders",

@@ -8,15 +8,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class FieldError(BaseModel):
@@ -122,6 +127,23 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
                           headers=dict(exc.headers or {}))
 
 
+async def _database(_: Request, exc: Exception) -> JSONResponse:
+    """The database went away (a restart, a failover, a killed connection): nothing
+    was committed, or a committed checkout replays under its Idempotency-Key, so the
+    client is told to try again: 503, not 500. Anything else is a bug and stays one."""
+    assert isinstance(exc, DBAPIError)
+    if not exc.connection_invalidated and not _is_disconnect(exc):
+        raise exc
+    log.warning("database unavailable: %s", type(exc.orig).__name__)
+    return error_response(503, "unavailable", "the shop is briefly unavailable; try again",
+                          headers={"Retry-After": "5"})
+
+
+def _is_disconnect(exc: DBAPIError) -> bool:
+    # psycopg's OperationalError: the server refused, went away or was shut down.
+    return isinstance(exc.orig, psycopg.OperationalError)
+
+
 def _errors_are_json(schema: dict[str, Any]) -> dict[str, Any]:
     """FastAPI files a route's error models under the route's own media type; a page
     (``text/html``) still answers its errors as ``ErrorOut`` JSON, so say so."""
@@ -148,3 +170,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequest, _invalid)
     app.add_exception_handler(ShopHTTPError, _shop)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(DBAPIError, _database)

@@ -16,12 +16,12 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from shop.config import Settings, get_settings
-from shop.db import session_scope
+from shop.db import reset_engine, session_scope
 from shop.messaging.models import OutboxMessage
 from shop.orders.models import Order, Product
 from shop.orders.states import Step
 from shop.orders.workflow import fail
-from tests.fixtures.api import ADMIN_TOKEN, count_rows, order_body
+from tests.fixtures.api import ADMIN_TOKEN, count_rows, free_port, order_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -243,3 +243,24 @@ def client_is_unaffected(monkeypatch: pytest.MonkeyPatch) -> bool:
         assert limiter._take("a") == 0
     assert limiter._take("a") > 0
     return limiter._take("b") == 0
+
+
+def test_a_database_that_cannot_be_reached_is_503_with_retry_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL restart or failover is the shop being briefly away, not a bug:
+    503 and Retry-After, so the storefront retries under the same Idempotency-Key."""
+    from shop.api import create_app
+
+    monkeypatch.setenv("SHOP_DATABASE_URL",
+                       f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/gone")
+    get_settings.cache_clear()
+    reset_engine()
+    with TestClient(create_app()) as client:
+        for response in (client.post("/v1/orders", json=order_body(),
+                                     headers={"Idempotency-Key": "k-503"}),
+                         client.get("/v1/products")):
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            assert response.json()["error"] == "unavailable"
+            assert "psycopg" not in response.text
+            assert "127.0.0.1" not in response.text
