@@ -11,6 +11,7 @@ UV_VERSION := 0.13.9
 LOCK_ARGS ?=
 PYTEST_ARGS ?=
 TEST_JOBS ?= 3
+E2E_JOBS ?= 2
 FAST_TESTS := tests/unit tests/integration tests/test_lint.py
 E2E_TESTS := tests/e2e tests/chaos
 DEV_ARGS ?=
@@ -28,18 +29,21 @@ run: $(STAMP)
 	$(BIN)/shop seed
 	exec $(BIN)/shop dev $(DEV_ARGS)
 
-## test: the whole suite (make test PYTEST_ARGS="-k orders -x"): unit and integration
-##       tests on TEST_JOBS processes (each test has its own database and vhost), then
-##       the end-to-end runs and the fast chaos subset one at a time (some stop
-##       RabbitMQ or kill workers).
-##       A phase that a -k selects nothing from is fine; both empty is not.
+## test: the whole suite (make test PYTEST_ARGS="-k orders -x"), in three phases:
+##       unit and integration tests on TEST_JOBS processes (each test has its own
+##       database and vhost); the end-to-end runs and the fast chaos subset on
+##       E2E_JOBS processes (each starts its own workers, relay and servers); then, alone,
+##       the tests that stop a shared service (marked exclusive). A phase that a -k
+##       selects nothing from is fine; all of them empty is not.
 test: $(STAMP)
 	@status=0; empty=0; \
-	for phase in "-n $(TEST_JOBS) $(FAST_TESTS)" "$(E2E_TESTS)"; do \
-		$(BIN)/pytest $$phase $(PYTEST_ARGS); rc=$$?; \
-		if [ $$rc -eq 5 ]; then empty=$$((empty + 1)); elif [ $$rc -ne 0 ]; then status=$$rc; fi; \
-	done; \
-	[ $$empty -lt 2 ] || status=5; exit $$status
+	run() { $(BIN)/pytest "$$@" $(PYTEST_ARGS); rc=$$?; \
+		if [ $$rc -eq 5 ]; then empty=$$((empty + 1)); \
+		elif [ $$rc -ne 0 ]; then status=$$rc; fi; }; \
+	run -n $(TEST_JOBS) $(FAST_TESTS); \
+	run -n $(E2E_JOBS) -m "not exclusive and not chaos" $(E2E_TESTS); \
+	run -m exclusive $(E2E_TESTS); \
+	[ $$empty -lt 3 ] || status=5; exit $$status
 
 ## bench: the workflow benchmark, run by hand (bench/README.md); needs PostgreSQL,
 ##        RabbitMQ (rabbitmqctl) and wrk (make bench BENCH_ARGS="--orders 500 --cases shop");

@@ -278,6 +278,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_charges_nothing_twice(
     assert stock("STICKER-PACK") == (200, 100)
 
 
+@pytest.mark.exclusive  # stops the machine's RabbitMQ: nothing else may run meanwhile
 def test_orders_are_accepted_while_rabbitmq_is_down_and_processed_after(
         stack: Stack, api: TestClient) -> None:
     stack.start_worker("w1")
