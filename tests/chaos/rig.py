@@ -184,6 +184,14 @@ class Rig:
         self.stack.kill(victim, sig)
         return self.start_worker()
 
+    def replace_workers(self, times: int, *, sig: int, pause: tuple[float, float]) -> None:
+        """``times`` times: wait a random ``pause`` (seconds), then replace a worker;
+        each counts as one fault."""
+        for _ in range(times):
+            time.sleep(self.random.uniform(*pause))
+            self.replace_worker(sig=sig)
+            self.result.faults += 1
+
     def shop_cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "shop.cli", *args], env=self.stack.env,
                               capture_output=True, text=True, timeout=300, check=False)

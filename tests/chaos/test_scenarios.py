@@ -35,10 +35,7 @@ def test_workers_killed_ten_times(chaos: Chaos) -> None:
     rig = chaos("1. worker SIGKILL x10")
     rig.stock_for(ORDERS)
     placing = rig.place(ORDERS)
-    for _ in range(10):
-        time.sleep(rig.random.uniform(1.0, 3.0))
-        rig.replace_worker(sig=signal.SIGKILL)
-        rig.result.faults += 1
+    rig.replace_workers(10, sig=signal.SIGKILL, pause=(1.0, 3.0))
     placing.join()
     rig.finish()
 
@@ -59,11 +56,8 @@ def test_graceful_deploy_restarts_every_worker(chaos: Chaos) -> None:
     rig = chaos("8. graceful deploy (SIGTERM)")
     rig.stock_for(ORDERS)
     placing = rig.place(ORDERS)
-    for _ in range(2):  # two rolling deploys of both workers
-        for _ in range(2):
-            time.sleep(rig.random.uniform(3.0, 6.0))
-            rig.replace_worker(sig=signal.SIGTERM)
-            rig.result.faults += 1
+    # two rolling deploys of both workers
+    rig.replace_workers(4, sig=signal.SIGTERM, pause=(3.0, 6.0))
     placing.join()
     rig.finish()
 

@@ -4,7 +4,6 @@ guards the promises on every change: fewer orders, the same rig and checks."""
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,10 +39,7 @@ def test_smoke_three_worker_kills_lose_nothing(chaos: Chaos) -> None:
     rig = chaos("smoke: worker SIGKILL x3")
     rig.stock_for(ORDERS)
     placing = rig.place(ORDERS, rate=10)
-    for _ in range(3):
-        time.sleep(rig.random.uniform(0.8, 1.5))
-        rig.replace_worker(sig=signal.SIGKILL)
-        rig.result.faults += 1
+    rig.replace_workers(3, sig=signal.SIGKILL, pause=(0.8, 1.5))
     placing.join()
     rig.finish()
 

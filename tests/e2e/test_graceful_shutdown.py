@@ -26,7 +26,7 @@ from shop.orders.models import Order
 from shop.payments.faults import read_state, write_rules
 from shop.payments.models import Payment
 from tests.fixtures.api import order_body
-from tests.fixtures.stack import Stack, statuses, wait_terminal, wait_until
+from tests.fixtures.stack import Stack, group_alive, statuses, wait_terminal, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -69,14 +69,6 @@ def terminate(stack: Stack, name: str, *, within: float = 45) -> int:
     wait_until(lambda: not group_alive(proc.pid), timeout=10, what=f"{name}'s pool to exit",
                stack=stack)
     return status
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def confirmed_count(order_ids: list[str]) -> int:

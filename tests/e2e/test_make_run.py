@@ -14,18 +14,11 @@ import httpx
 import pytest
 
 from tests.fixtures.api import free_port, order_body
+from tests.fixtures.stack import group_alive
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -50,7 +43,7 @@ def make_run(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes
     try:
         yield base, tmp_path, proc
     finally:
-        if _group_alive(proc.pid):
+        if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
@@ -87,6 +80,6 @@ def test_make_run_takes_an_order_end_to_end_and_stops_cleanly(
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 20
-    while _group_alive(proc.pid):
+    while group_alive(proc.pid):
         assert time.monotonic() < deadline, "processes left behind after Ctrl-C"
         time.sleep(0.2)
