@@ -20,8 +20,8 @@ from sqlalchemy import insert, select
 from bench.bare import BARE
 from bench.naive import process_order
 from shop.api import app
-from shop.deps import SessionDep
 from shop.orders.models import Order, OrderLine, Product
+from shop.web.deps import SessionDep
 
 JsonBody = Annotated[dict[str, Any], Body()]
 

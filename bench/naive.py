@@ -24,12 +24,12 @@ from celery import Celery
 from kombu import Producer
 
 from bench.ceiling import report
-from shop.celery import EVENTS, configure
+from shop.celery import configure
 from shop.config import get_settings
 from shop.db import session_scope
+from shop.messaging.broker import EVENTS, FULFILLMENT_ROUTING_KEY
 from shop.notifications.mailer import Mailer, build_mailer
 from shop.orders.models import Order, Product
-from shop.orders.workflow import FULFILLMENT_ROUTING_KEY
 from shop.payments.gateway import PaymentGateway
 from shop.payments.providers import build_gateway
 

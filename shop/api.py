@@ -5,13 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import errors, health, logs
+from shop import logs
+from shop.celery import install_publisher
 from shop.config import get_settings
-from shop.limits import WEBHOOK_BODY, BodyLimit, CheckoutRateLimit
-from shop.orders import admin as orders_admin
-from shop.orders import admin_pages, webhooks
 from shop.orders import router as orders_router
+from shop.orders.admin import pages as admin_pages
+from shop.orders.admin import router as orders_admin
+from shop.orders.provider import router as webhooks
 from shop.reports import router as reports_router
+from shop.web import errors, health
+from shop.web.limits import WEBHOOK_BODY, BodyLimit, CheckoutRateLimit
 
 
 class RequestIds:
@@ -57,6 +60,7 @@ def create_app() -> FastAPI:
                        trust_forwarded=settings.trust_forwarded_for)
     app.add_middleware(RequestIds)
     logs.configure(settings.log_format)
+    install_publisher()  # checkouts publish their first step right after the commit
     return app
 
 

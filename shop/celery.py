@@ -10,7 +10,7 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
   before RabbitMQ 4.0.1, and classic queues keep them;
 - every queue dead-letters to ``shop.dlx``, so rejected, unknown and poison
   messages land in ``shop.dead_letter`` instead of vanishing; redeliveries are
-  bounded by a count kept in the database (``shop.task_runner``);
+  bounded by a count kept in the database (``shop.messaging.runner``);
 - the shop owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations``
   queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
   even before the warehouse binds its own queue;
@@ -30,7 +30,6 @@ Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -44,64 +43,28 @@ from celery.signals import (
     worker_init,
     worker_process_init,
 )
-from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
 
 from shop import logs, metrics
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
 from shop.messaging import dispatch, relay
+from shop.messaging.broker import declare_topology, task_queues, transport_options
 from shop.messaging.models import OutboxMessage
-from shop.orders.workflow import (
-    EVENTS_EXCHANGE,
-    FULFILLMENT_CANCELLED_ROUTING_KEY,
-    FULFILLMENT_ROUTING_KEY,
-    TaskName,
-)
+from shop.orders.workflow import table
+from shop.orders.workflow.table import TaskName
 from shop.reports import schedule as reports_schedule
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("orders", "payments", "notifications", "reports")
-DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="topic", durable=True)
-DEAD_LETTER_QUEUE = Queue("shop.dead_letter", DEAD_LETTER_EXCHANGE, routing_key="#",
-                          durable=True)
-EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
-FULFILLMENT_QUEUE = Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_ROUTING_KEY,
-                          durable=True)
-CANCELLATION_QUEUE = Queue("shop.fulfillment_cancellations", EVENTS,
-                           routing_key=FULFILLMENT_CANCELLED_ROUTING_KEY, durable=True)
+RECONCILE_EVERY = 300.0
+# The modules whose ``shared_task``s the workers run (the domains never import this app).
+TASK_MODULES = ["shop.orders.workflow.tasks", "shop.orders.provider.tasks",
+                "shop.reports.tasks"]
 ROUTES: dict[str, str] = {
-    **{task.value: task.queue for task in TaskName},
+    **table.routes(),
     **dict.fromkeys(reports_schedule.TASKS, "reports"),
     "shop.reports.*": "reports",
 }
-RECONCILE_EVERY = 300.0
-
-
-def task_queues(settings: Settings) -> list[Queue]:
-    args: dict[str, Any] = {}
-    if settings.broker_is_amqp:
-        args = {"x-queue-type": "classic", "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
-    return [
-        Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
-              durable=True, queue_arguments={**args, "x-dead-letter-routing-key": name}
-              if args else None)
-        for name in QUEUES
-    ]
-
-
-def transport_options(settings: Settings) -> dict[str, Any]:
-    if settings.broker_is_amqp:
-        return {"confirm_publish": True}
-    if settings.broker_url.startswith("filesystem://"):
-        root = Path(settings.broker_url.removeprefix("filesystem://") or "var/broker")
-        for sub in ("queue", "control"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        return {"data_folder_in": str(root / "queue"), "data_folder_out": str(root / "queue"),
-                "control_folder": str(root / "control"), "store_processed": False,
-                "polling_interval": settings.broker_polling_interval}
-    return {"polling_interval": settings.broker_polling_interval}
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -121,7 +84,7 @@ def configure(app: Celery, settings: Settings) -> None:
         task_queues=task_queues(settings), task_default_queue="orders",
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
         task_create_missing_queues=False,
-        worker_consumer="shop.worker:DeadLetteringConsumer",
+        worker_consumer="shop.messaging.consumer:DeadLetteringConsumer",
         worker_hijack_root_logger=False,
         # Task events for Flower (`celery -A shop flower`, the `ops` extra): received,
         # started, succeeded, retried, failed, and sent by whoever publishes a task.
@@ -139,16 +102,7 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-def declare_topology(connection: Connection) -> None:
-    """Declare what the shop's messages rely on beyond the task queues (AMQP only):
-    the dead-letter queue, and the warehouse's queues on the events exchange."""
-    channel = connection.default_channel
-    DEAD_LETTER_QUEUE(channel).declare()
-    FULFILLMENT_QUEUE(channel).declare()
-    CANCELLATION_QUEUE(channel).declare()
-
-
-app = Celery("shop", include=["shop.orders.tasks", "shop.reports.tasks"])
+app = Celery("shop", include=["shop.orders.workflow.tasks", "shop.reports.tasks"])
 configure(app, get_settings())
 
 DIRECT_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
@@ -162,7 +116,10 @@ def _publish_now(message: OutboxMessage, countdown: float) -> None:
                    retry_policy=DIRECT_PUBLISH_RETRY)
 
 
-dispatch.install(_publish_now)
+def install_publisher() -> None:
+    """Publish each outbox row right after its commit from this process (the API and
+    every worker call this at start-up; the relay remains the safety net)."""
+    dispatch.install(_publish_now)
 
 
 def reconfigure(settings: Settings) -> None:
@@ -224,6 +181,12 @@ def _unbind_ids(task_id: str, **_: Any) -> None:
     binding = _bindings.pop(task_id, None)
     if binding is not None:
         binding.__exit__(None, None, None)
+
+
+@worker_init.connect
+def _publish_after_commit(**_: Any) -> None:
+    """A worker publishes the next step's message right after the step's commit."""
+    install_publisher()
 
 
 @worker_init.connect

@@ -1,6 +1,6 @@
 """What the task runtime knows of failures: three base classes the domains subclass.
 
-The runtime in ``shop.task_runner`` catches these bases and never imports a domain's
+The runtime in ``shop.messaging.runner`` catches these bases and never imports a domain's
 own errors, so dependencies point downward::
 
     TransientError   worth retrying later: a provider or mail server that did not answer
@@ -31,3 +31,12 @@ class PermanentError(Exception):
 
 class BusyError(Exception):
     """Another copy of the work holds it now; try again shortly."""
+
+
+class InvariantBroken(Exception):
+    """A rule that money or stock depends on did not hold: a bug or damaged data.
+
+    Raised instead of ``assert`` (which ``python -O`` strips): the step stops before it
+    moves anything, and the runner logs it with its traceback and retries it like any
+    unexpected error, then gives up, which leaves the order for a person.
+    """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -24,7 +24,6 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -74,46 +73,25 @@ def _dropped(session: Session) -> None:
     session.info.pop(PENDING, None)
 
 
-class OutboxCollector(Collector):
-    """The outbox's backlog and its oldest unpublished row's age, read when scraped."""
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from shop.db import session_scope
-        from shop.messaging.service import outbox_lag
-
-        backlog = GaugeMetricFamily("shop_outbox_backlog", "Outbox rows not yet published")
-        age = GaugeMetricFamily("shop_outbox_oldest_age_seconds",
-                                "Age of the oldest unpublished outbox row")
-        try:
-            with session_scope() as session:
-                count, oldest = outbox_lag(session)
-        except Exception:
-            log.exception("metrics: the outbox could not be read")
-            return
-        backlog.add_metric([], float(count))
-        age.add_metric([], oldest)
-        yield backlog
-        yield age
-
-
-def registry(*, with_outbox: bool) -> CollectorRegistry:
-    """What to serve: this process's metrics, or all of its group's in multiprocess mode."""
+def registry(*, extra: Collector | None = None) -> CollectorRegistry:
+    """What to serve: this process's metrics, or all of its group's in multiprocess mode,
+    and ``extra`` (a collector read when scraped, registered once)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         served = CollectorRegistry()
         multiprocess.MultiProcessCollector(served)  # type: ignore[no-untyped-call]
     else:
         served = REGISTRY
-    if with_outbox and not any(isinstance(c, OutboxCollector)
-                               for c in getattr(served, "_collector_to_names", {})):
-        served.register(OutboxCollector())
+    if extra is not None and not any(type(c) is type(extra)
+                                     for c in getattr(served, "_collector_to_names", {})):
+        served.register(extra)
     return served
 
 
-def exposition(*, with_outbox: bool = True) -> bytes:
-    return generate_latest(registry(with_outbox=with_outbox))
+def exposition(*, extra: Collector | None = None) -> bytes:
+    return generate_latest(registry(extra=extra))
 
 
 def serve(port: int) -> Any:
     """Serve this process group's metrics on ``port`` (a worker's main process)."""
-    server, _thread = start_http_server(port, registry=registry(with_outbox=False))
+    server, _thread = start_http_server(port, registry=registry())
     return server

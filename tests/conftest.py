@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.api",
     "tests.fixtures.stack",
+    "tests.fixtures.outcomes",
 ]
 
 

@@ -10,17 +10,22 @@ a broker that was down), so it is a safety net off the hot path.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import Integer, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shop.db import db_now, utcnow
+from shop.db import db_now, session_scope, utcnow
 from shop.logs import REQUEST_ID
 from shop.messaging.models import OutboxMessage, TaskDelivery
+
+log = logging.getLogger(__name__)
 
 Publish = Callable[[OutboxMessage], None]
 DELAYS = "shop.outbox.delays"
@@ -161,3 +166,22 @@ def count_delivery(session: Session, *, message_id: str, task_name: str) -> int:
             continue
         return 1
     raise RuntimeError(f"could not count delivery of {message_id}")
+
+
+class OutboxCollector(Collector):
+    """The outbox's backlog and its oldest unpublished row's age, read when scraped."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backlog = GaugeMetricFamily("shop_outbox_backlog", "Outbox rows not yet published")
+        age = GaugeMetricFamily("shop_outbox_oldest_age_seconds",
+                                "Age of the oldest unpublished outbox row")
+        try:
+            with session_scope() as session:
+                count, oldest = outbox_lag(session)
+        except Exception:
+            log.exception("metrics: the outbox could not be read")
+            return
+        backlog.add_metric([], float(count))
+        age.add_metric([], oldest)
+        yield backlog
+        yield age

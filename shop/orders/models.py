@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 
 from shop.db import Base, UTCDateTime, utcnow
+from shop.exceptions import InvariantBroken
 from shop.orders.states import Event, OrderStatus, Stage, Step, next_stage
 
 
@@ -114,7 +115,8 @@ class Order(Base):
         self.updated_at = now
         self.resumes = 0
         if stage is Stage.FAILED:
-            assert failure is not None, "a failure needs (step, reason, message)"
+            if failure is None:
+                raise InvariantBroken("a failure needs (step, reason, message)")
             self.failure_step, self.failure_reason, self.failure_message = failure
             self.failure_detail = str((internal or {}).get("error") or "") or None
         elif failure is None:

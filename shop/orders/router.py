@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from shop.deps import SessionDep
-from shop.errors import ERROR_RESPONSES, ErrorOut, NotFound
-from shop.orders import service
+from shop.orders import queries, service
 from shop.orders.schemas import OrderIn, OrderOut, ProductOut
+from shop.web.deps import SessionDep
+from shop.web.errors import ERROR_RESPONSES, ErrorOut, NotFound
 
 router = APIRouter(prefix="/v1", tags=["storefront"], responses=ERROR_RESPONSES)
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def place_order(body: OrderIn, session: SessionDep, response: Response,
 def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderOut:
     """One order with its lines, payment, failure and timeline."""
     try:
-        order = service.get_order(session, order_id=order_id)
-    except service.OrderNotFound:
+        order = queries.require(session, order_id=order_id, lines=True, events=True)
+    except queries.OrderNotFound:
         raise NotFound(f"no order {order_id}") from None
     return service.order_view(session, order=order)

@@ -8,12 +8,11 @@ import uuid
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from shop import metrics
 from shop.db import insert_for, utcnow
-from shop.errors import FieldProblem, InvalidRequest
-from shop.orders import workflow
+from shop.orders import queries
 from shop.orders.models import FulfillmentRequest, IdempotencyKey, Order, OrderLine, Product
 from shop.orders.schemas import (
     EventOut,
@@ -27,17 +26,15 @@ from shop.orders.schemas import (
     ProductOut,
 )
 from shop.orders.states import Stage
+from shop.orders.workflow import flow as workflow
 from shop.payments import service as payments
 from shop.payments.currencies import amount_problem
 from shop.payments.models import PaymentStatus
+from shop.web.errors import FieldProblem, InvalidRequest
 
 
 class IdempotencyConflict(InvalidRequest):
     """The Idempotency-Key was used before with a different body."""
-
-
-class OrderNotFound(Exception):
-    pass
 
 
 def request_hash(data: OrderIn) -> str:
@@ -91,7 +88,7 @@ def _replay(session: Session, *, key: str | None, fingerprint: str) -> Order | N
         raise IdempotencyConflict([FieldProblem(
             "Idempotency-Key", "this key was already used with a different request body",
             "idempotency_key_reused")])
-    return get_order(session, order_id=record.order_id)
+    return queries.require(session, order_id=record.order_id, lines=True, events=True)
 
 
 def _build_order(session: Session, *, data: OrderIn) -> Order:
@@ -132,17 +129,6 @@ def _build_order(session: Session, *, data: OrderIn) -> Order:
         lines=lines, created_at=now, updated_at=now,
     )
     order.record("order.placed", detail={"lines": len(lines), "total": subtotal}, at=now)
-    return order
-
-
-def get_order(session: Session, *, order_id: uuid.UUID) -> Order:
-    """The order with its lines and timeline, or ``OrderNotFound``."""
-    order = session.scalar(
-        select(Order).where(Order.id == order_id)
-        .options(selectinload(Order.lines), selectinload(Order.events))
-    )
-    if order is None:
-        raise OrderNotFound(str(order_id))
     return order
 
 

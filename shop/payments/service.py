@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shop.db import insert_for, utcnow
+from shop.exceptions import InvariantBroken
 from shop.payments.gateway import (
     IntentState,
     IntentStatus,
@@ -101,7 +102,8 @@ def open_attempt(
     if created is not None:
         return created
     payment = find_attempt(session, order_id=order_id, attempt=attempt)
-    assert payment is not None
+    if payment is None:
+        raise InvariantBroken("payment is missing")
     return payment
 
 
@@ -162,7 +164,8 @@ def _create_intent(
         for name, value in (("reference", state.reference), ("status", PaymentStatus.PENDING),
                             ("client_secret", state.client_secret)):
             set_committed_value(payment, name, value)
-    assert payment.reference is not None
+    if payment.reference is None:
+        raise InvariantBroken("payment.reference is missing")
     return payment.reference
 
 
@@ -173,8 +176,8 @@ def _declined(session: Session, *, payment: Payment, reason: str, message: str,
     session.execute(update(Payment).where(Payment.id == payment.id)
                     .values(decline_code=reason))
     session.commit()
-    assert payment.reference is not None
-    # A declined intent holds no money; cancelling it keeps the dashboard honest.
+    if payment.reference is None:
+        raise InvariantBroken("payment.reference is missing")
     _cancel_quietly(gateway, payment.reference, f"{payment.idempotency_key}:cancel")
     return _result(payment, Outcome.DECLINED, reason=reason, message=message)
 
@@ -192,7 +195,8 @@ def capture(*, payment: Payment, amount: int, gateway: PaymentGateway) -> Result
     Raises ``PaymentTransientError`` while the answer is unknown: the caller must not
     decide anything about the money until the provider says.
     """
-    assert payment.reference is not None
+    if payment.reference is None:
+        raise InvariantBroken("payment.reference is missing")
     state = gateway.retrieve(payment.reference)
     if state.status is IntentStatus.REQUIRES_CAPTURE:
         try:
@@ -221,7 +225,8 @@ def cancel(*, payment: Payment, gateway: PaymentGateway) -> Result:
 
 
 def _cancelled(payment: Payment, gateway: PaymentGateway) -> IntentState:
-    assert payment.reference is not None
+    if payment.reference is None:
+        raise InvariantBroken("payment.reference is missing")
     state = gateway.retrieve(payment.reference)
     if state.status.cancellable:
         try:
@@ -336,7 +341,8 @@ def record(session: Session, *, result: Result, payment: Payment | None = None) 
     """
     if payment is None or payment.id != result.payment_id:
         payment = session.get(Payment, result.payment_id, populate_existing=True)
-    assert payment is not None
+    if payment is None:
+        raise InvariantBroken("payment is missing")
     if result.outcome is Outcome.NO_INTENT:
         if payment.status == PaymentStatus.CREATED:
             payment.status = PaymentStatus.FAILED

@@ -4,7 +4,7 @@ concern.
 Verification is ``gateway.verify_event`` (the SDK's ``construct_event``). Recording is
 an insert-once on the event id, in the caller's transaction. Handling happens later,
 in a task, which asks the provider for the PaymentIntent instead of trusting the
-payload or its order of arrival (``shop.orders.payment_events``).
+payload or its order of arrival (``shop.orders.provider.events``).
 """
 
 from __future__ import annotations

@@ -10,8 +10,13 @@ from fastapi.responses import HTMLResponse
 
 from shop.config import Settings
 from shop.db import utcnow
-from shop.deps import AdminDep, SessionDep, SettingsDep
-from shop.errors import (
+from shop.exceptions import BusyError
+from shop.notifications.mailer import build_mailer
+from shop.reports import rendering, service
+from shop.reports.models import DailyReport
+from shop.reports.schemas import DailyReportIn, DailyReportOut, MailOut
+from shop.web.deps import AdminDep, SessionDep, SettingsDep
+from shop.web.errors import (
     ADMIN_RESPONSES,
     ERROR_RESPONSES,
     Conflict,
@@ -20,11 +25,6 @@ from shop.errors import (
     InvalidRequest,
     NotFound,
 )
-from shop.exceptions import BusyError
-from shop.notifications.mailer import build_mailer
-from shop.reports import rendering, service
-from shop.reports.models import DailyReport
-from shop.reports.schemas import DailyReportIn, DailyReportOut, MailOut
 
 router = APIRouter(prefix="/admin/reports", tags=["admin"],
                    responses={**ERROR_RESPONSES, **ADMIN_RESPONSES})

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from shop import metrics
 from shop.config import Settings
 from shop.db import insert_for, utcnow
-from shop.exceptions import PermanentError
+from shop.exceptions import InvariantBroken, PermanentError
 from shop.messaging.service import enqueue_task
 from shop.notifications.mailer import Mailer, MailError
 from shop.notifications.service import send_notification
@@ -145,7 +145,8 @@ def ensure_built(session: Session, *, day: dt.date, settings: Settings, now: dt.
     if claimed is None:  # another copy built it meanwhile
         session.rollback()
         report = _find(session, day)
-        assert report is not None
+        if report is None:
+            raise InvariantBroken("report is missing")
         session.commit()
         return report, False
     data = figures.build(session, day=day, timezone=settings.timezone,
@@ -156,7 +157,8 @@ def ensure_built(session: Session, *, day: dt.date, settings: Settings, now: dt.
     session.commit()
     log.info("daily report for %s built", day)
     report = _find(session, day)
-    assert report is not None
+    if report is None:
+        raise InvariantBroken("report is missing")
     return report, True
 
 

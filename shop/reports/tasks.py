@@ -9,29 +9,28 @@ from __future__ import annotations
 
 import datetime as dt
 
-from celery import Task
+from celery import Task, shared_task
 from sqlalchemy.orm import Session
 
-from shop.celery import app
 from shop.config import get_settings
 from shop.db import utcnow
+from shop.messaging.runner import run_step, task_options
 from shop.notifications.mailer import build_mailer
 from shop.reports import service
 from shop.reports.schedule import BUILD_DUE_TASK, DAILY_REPORT_TASK
-from shop.task_runner import run_step, task_options
 
 # A report of a large shop's day takes seconds; give it room beyond the default limits.
 LIMITS = {"soft_time_limit": 240, "time_limit": 270}
 
 
-@app.task(name=BUILD_DUE_TASK, **task_options(**LIMITS))
+@shared_task(name=BUILD_DUE_TASK, **task_options(**LIMITS))
 def build_due_reports_task(self: Task) -> None:
     settings = get_settings()
     run_step(self, lambda s: service.build_due_reports(s, settings=settings, now=utcnow()),
              lambda _s, _e: None)
 
 
-@app.task(name=DAILY_REPORT_TASK, **task_options(**LIMITS))
+@shared_task(name=DAILY_REPORT_TASK, **task_options(**LIMITS))
 def daily_report_task(self: Task, day: str, resend: bool = False) -> None:
     settings = get_settings()
     local_day = dt.date.fromisoformat(day)

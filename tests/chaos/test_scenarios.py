@@ -13,7 +13,7 @@ import pytest
 
 from shop.celery import app
 from shop.config import get_settings
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
 from tests.chaos.faults import WebhookStorm, publish_undecodable, terminate_backends, twice_env
 from tests.chaos.rig import ORDERS, OVERLOAD_SECONDS, PG_RESTART, RATE, Rig
 from tests.fixtures.smtp import SmtpServer

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shop.celery import app
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
 from tests.chaos.faults import publish_undecodable, twice_env
 from tests.chaos.rig import Rig
 from tests.fixtures.stack import wait_until

@@ -21,10 +21,10 @@ from sqlalchemy import delete, select
 
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
-from shop.orders import workflow
 from shop.orders.models import Order
 from shop.orders.states import Step
-from shop.orders.workflow import TaskName
+from shop.orders.workflow import flow as workflow
+from shop.orders.workflow.table import TaskName
 from shop.payments.gateway import StripeGateway
 from tests.fixtures.api import ADMIN_TOKEN, free_port, order_body
 from tests.fixtures.localstripe import API_KEY, intents_for_order
@@ -128,7 +128,7 @@ def test_cancelling_a_confirmed_order_refunds_it_once_and_releases_its_stock(
 
 def test_shop_reconcile_cancels_a_held_authorization_and_refunds_a_stray_capture_once(
         proxied: Stack, admin_api: TestClient, localstripe_url: str) -> None:
-    from shop.orders import steps
+    from shop.orders.workflow import steps
 
     gateway = StripeGateway(api_key=API_KEY, api_base=localstripe_url, emulator=True)
     held, stray = place(admin_api), place(admin_api)

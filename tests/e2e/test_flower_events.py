@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from kombu import Connection
 
 from shop.celery import app
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
 from tests.fixtures.api import order_body
 from tests.fixtures.stack import Stack, wait_terminal, wait_until
 

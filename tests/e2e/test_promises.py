@@ -20,8 +20,9 @@ from sqlalchemy import select
 from shop.config import get_settings
 from shop.db import session_scope
 from shop.notifications.models import Notification
-from shop.orders import attention, sweeper
+from shop.orders import attention
 from shop.orders.models import Order, Product
+from shop.orders.workflow import sweeper
 from shop.payments.faults import read_state, write_rules
 from tests.fixtures.api import order_body
 from tests.fixtures.localstripe import intents_for_order

@@ -20,9 +20,9 @@ from shop.config import get_settings
 from shop.db import build_engine, session_scope
 from shop.reports.models import DailyReport
 from tests.factories import bound_to
+from tests.fixtures.reporting import ShopDay
 from tests.fixtures.smtp import SmtpServer
 from tests.fixtures.stack import Stack, wait_until
-from tests.integration.reporting import ShopDay
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from shop.db import session_scope
 from shop.messaging.service import enqueue_task
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
 from shop.payments.models import WebhookEvent
 from tests.fixtures.api import free_port, order_body
 from tests.fixtures.localstripe import (

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
-from shop.orders import steps
 from shop.orders.models import Order
-from shop.orders.workflow import TaskName
+from shop.orders.workflow import steps
+from shop.orders.workflow.table import TaskName
 from shop.payments.dummy import DummyGateway
 from shop.payments.faults import FaultyGateway, write_rules
 from shop.payments.models import Payment
@@ -62,7 +62,7 @@ def drive(order_id: uuid.UUID, gateway: FaultyGateway) -> str:
 
 def fail_payment(client: TestClient, gateway: FaultyGateway, order_id: uuid.UUID) -> None:
     """The provider is down for every call: the step gives up, the order fails."""
-    from shop.orders import giving_up
+    from shop.orders.workflow import giving_up
 
     write_rules(gateway.path, [{"op": "*", "mode": "unavailable", "times": None}])
     with session_scope() as session:
@@ -123,7 +123,7 @@ def test_retry_after_an_outage_confirms_with_one_intent_and_a_second_retry_is_40
 
 def test_retry_after_a_lost_authorization_answer_uses_that_authorization(
         client: TestClient, gateway: FaultyGateway) -> None:
-    from shop.orders import giving_up
+    from shop.orders.workflow import giving_up
 
     order_id = place(client)
     write_rules(gateway.path, [{"op": "confirm", "mode": "lost_answer", "times": 1},

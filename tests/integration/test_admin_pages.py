@@ -17,16 +17,17 @@ from httpx import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shop import csrf
 from shop.config import get_settings
 from shop.db import session_scope, utcnow
 from shop.messaging.models import OutboxMessage
-from shop.orders import attention, workflow
-from shop.orders.admin_pages import local_midnight
+from shop.orders import attention
+from shop.orders.admin.pages import local_midnight
 from shop.orders.models import Order
 from shop.orders.states import Stage, Step
-from shop.orders.workflow import TaskName
+from shop.orders.workflow import flow as workflow
+from shop.orders.workflow.table import TaskName
 from shop.payments.models import Payment, PaymentStatus
+from shop.web import csrf
 from tests.factories.orders import OrderFactory
 from tests.factories.payments import PaymentFactory
 from tests.fixtures.api import ADMIN_TOKEN

@@ -20,7 +20,7 @@ from shop.db import reset_engine, session_scope
 from shop.messaging.models import OutboxMessage
 from shop.orders.models import Order, Product
 from shop.orders.states import Step
-from shop.orders.workflow import fail
+from shop.orders.workflow.flow import fail
 from tests.fixtures.api import ADMIN_TOKEN, count_rows, free_port, order_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -236,7 +236,7 @@ def test_a_flood_from_one_client_gets_clear_429s_and_loses_nothing(
 
 def client_is_unaffected(monkeypatch: pytest.MonkeyPatch) -> bool:
     """Another client still gets through (buckets are per client)."""
-    from shop.limits import CheckoutRateLimit
+    from shop.web.limits import CheckoutRateLimit
 
     limiter = CheckoutRateLimit(app=lambda *_: None, rate=2, burst=5)  # type: ignore[arg-type]
     for _ in range(5):

@@ -23,12 +23,12 @@ from shop.config import get_settings
 from shop.db import get_engine, session_scope
 from shop.messaging import dispatch
 from shop.messaging.models import OutboxMessage
+from shop.messaging.runner import run_step
 from shop.messaging.service import relay_batch
 from shop.notifications.mailer import FileMailer
-from shop.orders import steps
-from shop.orders.workflow import TaskName
+from shop.orders.workflow import steps
+from shop.orders.workflow.table import TaskName
 from shop.payments.dummy import DummyGateway
-from shop.task_runner import run_step
 from tests.fixtures.api import order_body
 
 pytestmark = [pytest.mark.postgres]

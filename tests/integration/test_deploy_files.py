@@ -22,7 +22,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from shop import metrics
-from shop.celery import (
+from shop.config import Settings
+from shop.messaging.broker import (
     CANCELLATION_QUEUE,
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -31,7 +32,7 @@ from shop.celery import (
     declare_topology,
     task_queues,
 )
-from shop.config import Settings
+from shop.messaging.service import OutboxCollector
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -190,7 +191,8 @@ def served_samples() -> dict[str, set[str]]:
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count",
                                                                "_created"), "gauge": ("",)}
     served: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
+    for family in text_string_to_metric_families(
+            metrics.exposition(extra=OutboxCollector()).decode()):
         for suffix in suffixes[family.type]:
             bucket = {"le"} if suffix == "_bucket" else set()
             served[family.name + suffix] = labels.get(family.name, set()) | bucket

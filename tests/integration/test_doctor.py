@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from shop.celery import declare_topology
+from shop.messaging.broker import declare_topology
 from shop.migrations import upgrade
 from tests.fixtures.smtp import free_port
 

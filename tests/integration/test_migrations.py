@@ -22,12 +22,7 @@ from sqlalchemy.schema import CreateTable
 
 from shop.config import get_settings
 from shop.db import build_engine
-from shop.migrations import (
-    alembic_config,
-    downgrade,
-    pending_differences,
-    upgrade,
-)
+from shop.migrations import alembic_config, downgrade, pending_differences, upgrade
 from shop.models import Base, Product
 from tests.factories import bound_to
 from tests.factories.orders import ProductFactory

@@ -13,11 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shop.db import get_sessionmaker, utcnow
-from shop.notifications.mailer import (
-    MailPermanentError,
-    MailTransientError,
-    SmtpMailer,
-)
+from shop.notifications.mailer import MailPermanentError, MailTransientError, SmtpMailer
 from shop.notifications.models import Notification
 from shop.notifications.service import (
     NotificationInProgress,

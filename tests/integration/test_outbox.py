@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 import uuid
 
 import pytest
@@ -49,3 +51,18 @@ def test_a_row_that_cannot_be_published_steps_aside_for_the_rest(session: Sessio
     assert failed.published_at is None
     assert failed.attempts == 1
     assert "exchange refused" in (failed.last_error or "")
+
+
+def test_a_delayed_message_waits_on_the_database_clock_not_the_relays(
+        session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shop.messaging.service import enqueue_task, relay_batch
+
+    enqueue_task(session, name="shop.test.later", kwargs={}, delay=60)
+    session.commit()
+    ahead = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    for module in [m for name, m in sys.modules.items() if name.startswith("shop")]:
+        if hasattr(module, "utcnow"):
+            monkeypatch.setattr(module, "utcnow", lambda: ahead)
+    sent: list[str] = []
+    assert relay_batch(session, publish=lambda m: sent.append(m.name), limit=10) == 0
+    assert sent == []

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from shop.cli import main
+from shop.cli.main import main
 from shop.config import get_settings
 from shop.reports.models import DailyReport
 from tests.fixtures.api import ADMIN_TOKEN, count_rows
-from tests.integration.reporting import ShopDay
+from tests.fixtures.reporting import ShopDay
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DAY = "2026-03-29"

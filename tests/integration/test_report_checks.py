@@ -8,12 +8,14 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from shop.orders import attention, steps, workflow
+from shop.orders import attention
 from shop.orders.models import Order
 from shop.orders.states import Event, Stage
+from shop.orders.workflow import flow as workflow
+from shop.orders.workflow import steps
 from shop.reports import checks
 from tests.factories.orders import OrderFactory
-from tests.integration.reporting import ShopDay
+from tests.fixtures.reporting import ShopDay
 
 NOW = dt.datetime(2026, 3, 30, 6, tzinfo=dt.UTC)
 

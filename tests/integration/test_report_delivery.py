@@ -23,8 +23,8 @@ from shop.orders.models import Order
 from shop.reports import figures, service
 from shop.reports.models import DailyReport
 from tests.fixtures.api import ADMIN_TOKEN
+from tests.fixtures.reporting import ShopDay
 from tests.fixtures.smtp import SmtpServer, free_port
-from tests.integration.reporting import ShopDay
 
 DAY = dt.date(2026, 3, 29)
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from shop.config import get_settings
 from shop.orders.models import Product
 from shop.reports import service
-from tests.integration.reporting import Fact, ShopDay
+from tests.fixtures.reporting import Fact, ShopDay
 
 LONDON = ZoneInfo("Europe/London")
 UTC = dt.UTC

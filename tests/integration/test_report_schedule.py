@@ -22,8 +22,8 @@ from shop.messaging.models import OutboxMessage
 from shop.reports.models import DailyReport
 from shop.reports.schedule import BEAT_ENTRY, DAILY_REPORT_TASK
 from tests.factories.orders import ProductFactory
+from tests.fixtures.reporting import ShopDay
 from tests.fixtures.smtp import SmtpServer
-from tests.integration.reporting import ShopDay
 
 UTC = dt.UTC
 
@@ -127,7 +127,7 @@ def test_a_beat_started_after_report_time_builds_each_missed_day_once(
 
 def test_a_day_built_by_hand_is_not_built_again_by_beat(
         session: Session, shop_in_london: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shop.cli import main
+    from shop.cli.main import main
 
     ProductFactory()
     assert main(["report", "daily", "--date", "2026-03-29"]) == 0

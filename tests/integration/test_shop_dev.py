@@ -78,7 +78,7 @@ def test_shop_dev_stops_everything_and_fails_when_a_child_dies() -> None:
     # The real commands, swapped for stand-ins: the "api" dies, the others would run on.
     script = """
 import sys
-import shop.cli as cli
+import shop.cli.main as cli
 sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
 cli.dev_commands = lambda **_: {
     "api": [sys.executable, "-c", "import time; time.sleep(1); raise SystemExit(3)"],

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shop import deps
+from shop.web import deps
 from tests.fixtures.api import ADMIN_TOKEN
 
 

@@ -15,9 +15,11 @@ from sqlalchemy import func, select
 from shop.config import get_settings
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
-from shop.orders import attention, payment_events, steps
+from shop.orders import attention
 from shop.orders.models import Order
-from shop.orders.workflow import TaskName
+from shop.orders.provider import events as payment_events
+from shop.orders.workflow import steps
+from shop.orders.workflow.table import TaskName
 from shop.payments.dummy import DummyGateway
 from shop.payments.models import Payment, WebhookEvent
 from tests.fixtures.api import order_body

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shop.messaging.models import OutboxMessage
-from shop.orders import steps, sweeper, workflow
+from shop.orders import lease, service
 from shop.orders.models import FulfillmentRequest, Order, Product
-from shop.payments.gateway import PaymentTransientError
-from shop.payments.models import Payment
+from shop.orders.provider import reconcile
+from shop.orders.workflow import flow as workflow
+from shop.orders.workflow import steps, sweeper
+from shop.orders.workflow.table import TaskName
+from shop.payments.gateway import IntentStatus, PaymentProviderError, PaymentTransientError
+from shop.payments.models import Payment, PaymentStatus, Refund
 from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
 from tests.fakes import FakeGateway
+from tests.fixtures.outcomes import (
+    payment_of,
+    placed,
+    reserved,
+    to_reserved,
+)
 
 
 def placed_order(product: Product, **overrides: Any) -> Order:
@@ -110,8 +121,8 @@ def test_a_concurrent_copy_is_kept_out_by_the_lease(session: Session,
     mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
     order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
-    steps.claim_lease(session, order_id=order.id, owner="copy-1")
-    with pytest.raises(steps.OrderBusy):
+    steps.lease.claim(session, order_id=order.id, owner="copy-1")
+    with pytest.raises(lease.OrderBusy):
         steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="copy-2")
     assert gateway.calls == []
 
@@ -185,3 +196,85 @@ def test_stuck_orders_get_their_next_step_sent_again(session: Session) -> None:
     assert sweeper.resume_stuck(session, older_than=0) == 1
     assert queued(session) == ["shop.orders.check_inventory"] * 2
     assert reload(session, order.id).events[-1].type == "workflow.resumed"
+
+
+def test_a_captured_order_that_was_cancelled_meanwhile_is_refunded_not_confirmed(
+        session: Session, gateway: FakeGateway) -> None:
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    gateway.fail_next = ["after_capture"]  # captured at the provider, answer lost...
+    with pytest.raises(PaymentTransientError):
+        steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    steps.fail_step(session, order_id=order.id, step=steps.Step.PAYMENT, reason="timeout",
+                    message="stand-in for an admin cancel")  # ...and the order stopped
+    assert reserved(session) == 0
+    steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
+    payment = payment_of(session, order.id)
+    assert (payment.status, payment.amount_captured, payment.amount_refunded) == (
+        PaymentStatus.REFUNDED, order.total, order.total)
+    assert session.scalar(select(Refund.amount).where(Refund.payment_id == payment.id)) == \
+        order.total
+    assert gateway.count("refund") == 1
+    steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
+    assert gateway.count("refund") == 1
+
+
+def test_a_processing_intent_is_not_marked_voided(session: Session,
+                                                  gateway: FakeGateway) -> None:
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    steps.fail_step(session, order_id=order.id, step=steps.Step.PAYMENT, reason="timeout",
+                    message="x")
+    reference = str(payment_of(session, order.id).reference)
+    gateway.intents[reference] = replace(gateway.intents[reference],
+                                         status=IntentStatus.PROCESSING)
+    with pytest.raises(PaymentTransientError):
+        steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway,
+                              owner="r")
+    assert payment_of(session, order.id).status == PaymentStatus.AUTHORIZED
+    assert reconcile.reconcile(session, gateway=gateway, owner="r")["release_pending"] == 1
+
+
+def test_a_provider_refusal_fails_the_order_with_a_customer_safe_message(
+        session: Session, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    order = placed(session)
+    steps.check_inventory(session, order_id=order.id)
+
+    def refuse(**_: Any) -> Any:
+        raise PaymentProviderError("No such PaymentMethod: 'pm_nope'; request req_123 at db-7")
+
+    monkeypatch.setattr(gateway, "create_intent", refuse)
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    failed = reload(session, order.id)
+    assert (failed.status, failed.failure_step, failed.failure_reason) == (
+        "failed", "payment", "payment_rejected")
+    view = service.order_view(session, order=failed).model_dump()
+    assert "req_123" not in str(view)
+    assert "db-7" not in str(view)
+    assert view["failure"]["message"] == \
+        "The payment provider could not accept this payment."
+    assert "pm_nope" in (failed.failure_detail or "")  # kept for admins and logs
+    assert queued(session)[-1] == TaskName.CHARGE_PAYMENT  # nothing to release, no loop
+
+
+def test_a_redelivered_charge_after_a_decline_keeps_the_decline_reason(
+        session: Session, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway.decline.add("pm_card_chargeDeclinedInsufficientFunds")
+    order = placed(session, payment_method="pm_card_chargeDeclinedInsufficientFunds")
+    steps.check_inventory(session, order_id=order.id)
+    real_record = steps.payments.record
+
+    def crash(*_: Any, **__: Any) -> Any:  # the worker dies after the cancel, before commit
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(steps.payments, "record", crash)
+    with pytest.raises(SystemExit):
+        steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
+    assert gateway.count("cancel") == 1
+    monkeypatch.setattr(steps.payments, "record", real_record)
+    session.execute(update(Order).where(Order.id == order.id)
+                    .values(lease_owner=None, lease_until=None))
+    session.commit()
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="again")
+    failed = reload(session, order.id)
+    assert (failed.status, failed.failure_reason) == ("failed", "card_declined")

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from shop.config import get_settings
-from shop.orders.admin_pages import Action, available, local_midnight
+from shop.orders.admin.pages import Action, available, local_midnight
 from shop.orders.schemas import AdminOrderOut, AttentionOut
 
 

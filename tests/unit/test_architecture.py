@@ -6,7 +6,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
 
 SHOP = Path(__file__).resolve().parents[2] / "shop"
 
@@ -40,7 +40,7 @@ def test_each_workflow_task_name_is_spelled_once() -> None:
                 spelled[node.value].append(f"{path.relative_to(SHOP)}:{node.lineno}")
     assert {name: len(places) for name, places in spelled.items()} == dict.fromkeys(names, 1), \
         spelled
-    assert all(places[0].startswith("orders/workflow.py") for places in spelled.values())
+    assert all(places[0].startswith("orders/workflow/table.py") for places in spelled.values())
 
 
 def test_compensation_is_one_function() -> None:
@@ -58,7 +58,7 @@ def test_compensation_is_one_function() -> None:
                 for k in node.keywords if k.arg in ("name", "task"))
             if releases_stock or releases_payment:
                 undoing.append(f"{path.relative_to(SHOP)}:{owner.get(node, '')}")
-    assert sorted(set(undoing)) == ["orders/workflow.py:compensate"], undoing
+    assert sorted(set(undoing)) == ["orders/workflow/flow.py:compensate"], undoing
 
 
 def test_only_the_payments_domain_writes_payment_status() -> None:
@@ -85,3 +85,75 @@ def _writes_payment_status(node: ast.AST) -> bool:
         return any(isinstance(t, ast.Attribute) and t.attr == "status"
                    and "payment" in ast.unparse(t.value).lower() for t in targets)
     return False
+
+
+DOMAINS = ("orders", "payments", "notifications", "reports")
+
+
+def imported_modules(tree: ast.Module) -> Iterator[tuple[ast.AST, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node, node.module
+            for alias in node.names:
+                yield node, f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name
+
+
+def test_no_domain_imports_the_celery_app() -> None:
+    """Tasks are ``shared_task``s; the app sits at the top of the house and finds them."""
+    offenders = [f"{path.relative_to(SHOP)}:{node.lineno}"  # type: ignore[attr-defined]
+                 for path, tree in modules()
+                 if path.relative_to(SHOP).parts[0] in DOMAINS
+                 for node, name in imported_modules(tree)
+                 if name == "shop.celery" or name.startswith("shop.celery.")]
+    assert offenders == []
+
+
+def test_nothing_imports_inside_a_function_except_the_clis_commands() -> None:
+    """Imports sit at the top of a module: none hides a cycle inside a function. The
+    ``shop`` command's handlers import lazily so that ``shop --help`` stays fast."""
+    inside: list[str] = []
+    for path, tree in modules():
+        if path.relative_to(SHOP).parts[:1] == ("cli",):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                inside.extend(f"{path.relative_to(SHOP)}:{inner.lineno}"
+                              for inner in ast.walk(node)
+                              if isinstance(inner, ast.Import | ast.ImportFrom))
+    assert inside == []
+
+
+def test_every_workflow_task_route_give_up_and_sweep_comes_from_the_step_table() -> None:
+    from shop.celery import ROUTES, app
+    from shop.orders.workflow import giving_up, sweeper, table
+
+    declared = {name for name in app.tasks if name.startswith(("shop.orders.", "shop.payments."))}
+    assert declared == {spec.task.value for spec in table.STEPS}
+    for spec in table.STEPS:
+        task = app.tasks[spec.task.value]
+        assert (task.soft_time_limit, task.time_limit) == (spec.limits.soft, spec.limits.hard)
+        assert ROUTES[spec.task.value] == spec.queue
+        if spec.give_up is table.GiveUp.FAIL:
+            assert spec.fails_as is not None
+            assert spec.stage is not None
+        if spec.give_up is table.GiveUp.FLAG:
+            assert spec.flags is not None
+    # Give-ups and the sweeper read the table, and spell no step of their own.
+    for module in (giving_up, sweeper):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        spelled = {node.attr for node in ast.walk(tree)
+                   if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                   and node.value.id == "TaskName"}
+        assert spelled <= {"SEND_CONFIRMATION", "REQUEST_FULFILLMENT", "RELEASE_PAYMENT"}, spelled
+    assert table.follows(table.TaskName.CAPTURE_PAYMENT) == (
+        table.TaskName.SEND_CONFIRMATION, table.TaskName.REQUEST_FULFILLMENT)
+    assert table.follows(table.TaskName.CHECK_INVENTORY) == (table.TaskName.CHARGE_PAYMENT,)
+
+
+def test_the_root_holds_only_entry_points_and_the_ground_floor() -> None:
+    loose = sorted(p.name for p in SHOP.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "api.py", "celery.py", "config.py", "db.py",
+                     "exceptions.py", "logs.py", "metrics.py", "models.py"]

@@ -1,11 +1,11 @@
 """Form tokens and the same-origin check that keep another site's page from acting with
-an admin's browser credentials (``shop.csrf``)."""
+an admin's browser credentials (``shop.web.csrf``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from shop import csrf
+from shop.web import csrf
 
 SECRET = "an-admin-token-of-some-length"
 NOW = 1_790_000_000.0

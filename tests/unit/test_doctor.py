@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from shop import doctor
+from shop.cli import doctor
 from shop.config import Settings
 
 

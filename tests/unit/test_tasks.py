@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 
-import shop.orders.tasks  # noqa: F401  (registers the tasks)
-from shop import task_runner as tasks
+import shop.orders.workflow.tasks  # noqa: F401  (registers the tasks)
 from shop.celery import ROUTES, app
-from shop.orders.steps import OrderBusy
+from shop.messaging import runner as tasks
+from shop.orders.lease import OrderBusy
 from shop.payments.gateway import PaymentTransientError
 
 SHOP_TASKS = sorted(name for name in app.tasks if name.startswith("shop."))
@@ -144,8 +144,8 @@ def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_on_rabbitmq_queues_are_classic_durable_dead_lettering_with_publisher_confirms() -> None:
-    from shop.celery import task_queues, transport_options
     from shop.config import Settings
+    from shop.messaging.broker import task_queues, transport_options
 
     settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
     assert transport_options(settings) == {"confirm_publish": True}
@@ -159,8 +159,8 @@ def test_on_rabbitmq_queues_are_classic_durable_dead_lettering_with_publisher_co
 
 
 def test_the_embedded_broker_polls_fast(tmp_path: Any) -> None:
-    from shop.celery import transport_options
     from shop.config import Settings
+    from shop.messaging.broker import transport_options
 
     options = transport_options(Settings(broker_url=f"filesystem://{tmp_path}/b",
                                          broker_polling_interval=0.05))
@@ -240,12 +240,12 @@ def test_a_redelivered_message_that_ran_out_of_time_too_often_gives_up(
 
 
 def test_a_payment_steps_provider_calls_fit_inside_its_soft_time_limit() -> None:
-    from shop.orders import steps
+    from shop.orders import lease
     from shop.payments.gateway import CALL_TIMEOUT, MAX_CALLS_PER_STEP
 
     charge = app.tasks["shop.orders.charge_payment"]
     assert MAX_CALLS_PER_STEP * CALL_TIMEOUT < charge.soft_time_limit < charge.time_limit
-    assert charge.time_limit < steps.LEASE_SECONDS  # a lease never ends under a live call
+    assert charge.time_limit < lease.LEASE_SECONDS  # a lease never ends under a live call
 
 
 def test_a_rate_limit_waits_what_the_provider_asks_without_counting_an_attempt(

@@ -28,8 +28,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from shop.celery import DEAD_LETTER_EXCHANGE, EVENTS, transport_options
 from shop.config import Settings, redact_url
+from shop.messaging.broker import DEAD_LETTER_EXCHANGE, EVENTS, transport_options
 from shop.migrations import alembic_config
 from shop.notifications.mailer import parse_smtp_url
 

@@ -1,80 +1,29 @@
-"""The order workflow in one room: its tasks, what follows each stage, and how an order
-is undone.
+"""How an order moves along the canvas (``table.py``), and how it is undone.
 
-    check_inventory -> charge_payment -> reserve_stock -> capture_payment
-        -> { send_confirmation, request_fulfillment }
-
-The canvas is a chain into a group, written as data (``NEXT_AFTER``). Unlike a Celery
-``chain``, the next message is written to the outbox in the same transaction as the
-state change that earns it. So a step re-run after a crash finds the order already
-moved and sends nothing, a duplicate delivery cannot fork the chain, and a crash
-between commit and publish loses nothing.
-
-Every step is a use case (``steps.py``): it reloads the order, does nothing unless the
-order is at its stage, and commits once at the end. Undoing an order is one function,
-``compensate``; ``fail`` is compensation plus the failing transition.
+The next message is written to the outbox in the same transaction as the state
+change that earns it. So a step re-run after a crash finds the order already moved
+and sends nothing, a duplicate delivery cannot fork the chain, and a crash between
+commit and publish loses nothing. Undoing an order is one function, ``compensate``;
+``fail`` is compensation plus the failing transition.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from enum import StrEnum
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from shop import metrics
+from shop.messaging.broker import EVENTS_EXCHANGE, FULFILLMENT_CANCELLED_ROUTING_KEY
 from shop.messaging.service import enqueue_event, enqueue_task
-from shop.orders.models import FulfillmentRequest, Order, OrderLine, Product
+from shop.orders.models import FulfillmentRequest, Order
+from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step, customer_message
+from shop.orders.stock import release_lines
+from shop.orders.workflow.table import NEXT_AFTER, TaskName
 from shop.payments import service as payments
-
-# Messages to the warehouse (a durable topic exchange; see CONTRACT.md).
-EVENTS_EXCHANGE = "shop.events"
-FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
-FULFILLMENT_CANCELLED_ROUTING_KEY = "order.fulfillment_cancelled"
-
-
-class TaskName(StrEnum):
-    """Every task of the order workflow: the one place its wire name is spelled."""
-
-    CHECK_INVENTORY = "shop.orders.check_inventory"
-    CHARGE_PAYMENT = "shop.orders.charge_payment"
-    RESERVE_STOCK = "shop.orders.reserve_stock"
-    CAPTURE_PAYMENT = "shop.orders.capture_payment"
-    SEND_CONFIRMATION = "shop.orders.send_confirmation"
-    REQUEST_FULFILLMENT = "shop.orders.request_fulfillment"
-    # Compensation's provider half; the 0.1 wire name is kept so queued messages still run.
-    RELEASE_PAYMENT = "shop.payments.void_payment"
-    RESUME_STUCK = "shop.orders.resume_stuck_orders"
-    RECONCILE = "shop.orders.reconcile_payments"
-    HANDLE_PAYMENT_EVENT = "shop.orders.handle_payment_event"
-    EXPIRE_AUTHENTICATIONS = "shop.orders.expire_authentications"
-
-    @property
-    def queue(self) -> str:
-        """The queue it runs on: payment calls, emails and the rest apart."""
-        return _QUEUE.get(self, "orders")
-
-
-_QUEUE: dict[TaskName, str] = {
-    TaskName.CHARGE_PAYMENT: "payments",
-    TaskName.CAPTURE_PAYMENT: "payments",
-    TaskName.RELEASE_PAYMENT: "payments",
-    TaskName.RECONCILE: "payments",
-    TaskName.HANDLE_PAYMENT_EVENT: "payments",
-    TaskName.EXPIRE_AUTHENTICATIONS: "payments",
-    TaskName.SEND_CONFIRMATION: "notifications",
-}
-
-NEXT_AFTER: dict[Stage, tuple[TaskName, ...]] = {
-    Stage.PLACED: (TaskName.CHECK_INVENTORY,),
-    Stage.IN_STOCK: (TaskName.CHARGE_PAYMENT,),
-    Stage.AUTHORIZED: (TaskName.RESERVE_STOCK,),
-    Stage.RESERVED: (TaskName.CAPTURE_PAYMENT,),
-    Stage.CONFIRMED: (TaskName.SEND_CONFIRMATION, TaskName.REQUEST_FULFILLMENT),
-}
 
 
 def continue_from(session: Session, *, order: Order) -> None:
@@ -113,20 +62,6 @@ def _count(session: Session, *, stage: Stage,
     elif stage is Stage.FAILED and failure is not None:
         counter = metrics.ORDERS_FAILED.labels(step=failure[0].value, reason=failure[1])
         metrics.on_commit(session, counter.inc)
-
-
-def load(session: Session, *, order_id: uuid.UUID, lines: bool = False,
-         products: bool = False, lock: bool = False) -> Order | None:
-    """The order, or None; with its lines (and their products) in the same statement;
-    ``lock`` holds its row until the caller's commit."""
-    query = select(Order).where(Order.id == order_id)
-    if lock:
-        query = query.with_for_update(of=Order)
-    if products:
-        query = query.options(joinedload(Order.lines).joinedload(OrderLine.product))
-    elif lines:
-        query = query.options(joinedload(Order.lines))
-    return session.scalars(query).unique().one_or_none()
 
 
 def compensate(session: Session, *, order: Order) -> None:
@@ -185,31 +120,3 @@ def fail(
     advance(session, order=order, event=event, detail=detail,
             failure=(step, reason, customer_message(reason, provider_text)),
             internal={"error": error} if error else None)
-
-
-def shortages(order: Order) -> list[str]:
-    """SKUs of the order's lines that the shelf cannot cover right now."""
-    return [line.sku for line in order.lines if line.product.available < line.quantity]
-
-
-def reserve_lines(session: Session, *, order: Order) -> bool:
-    """Reserve every line or none: conditional updates, in SKU order (no deadlocks)."""
-    for line in sorted(order.lines, key=lambda x: x.sku):
-        done = session.execute(
-            update(Product)
-            .where(Product.sku == line.sku, Product.on_hand - Product.reserved >= line.quantity)
-            .values(reserved=Product.reserved + line.quantity)
-        )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-    order.stock_reserved = True
-    return True
-
-
-def release_lines(session: Session, *, order: Order) -> None:
-    """Give back the order's reserved units, in SKU order (only ``compensate`` calls it)."""
-    for line in sorted(order.lines, key=lambda x: x.sku):
-        session.execute(
-            update(Product).where(Product.sku == line.sku)
-            .values(reserved=Product.reserved - line.quantity)
-        )

@@ -25,7 +25,7 @@ from pydantic import SecretStr, ValidationError
 
 from shop import logs
 from shop.config import Settings, get_settings, redact_url
-from shop.orders import commands as orders_commands
+from shop.orders.admin import cli as orders_commands
 
 if TYPE_CHECKING:
     from shop.reports.service import Result
@@ -40,8 +40,8 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _seed(_: argparse.Namespace) -> int:
+    from shop.cli.seed import seed_catalogue
     from shop.db import session_scope
-    from shop.seed import seed_catalogue
 
     with session_scope() as session:
         added = seed_catalogue(session)
@@ -50,8 +50,9 @@ def _seed(_: argparse.Namespace) -> int:
 
 
 def _relay(_: argparse.Namespace) -> int:
-    from shop.celery import app, declare_topology
+    from shop.celery import app
     from shop.messaging import relay
+    from shop.messaging.broker import declare_topology
 
     logs.configure(get_settings().log_format)
     stop = threading.Event()
@@ -65,7 +66,7 @@ def _reconcile(_: argparse.Namespace) -> int:
     import uuid
 
     from shop.db import session_scope
-    from shop.orders.reconcile import reconcile
+    from shop.orders.provider.reconcile import reconcile
     from shop.payments.providers import get_gateway
 
     with session_scope() as session:
@@ -77,7 +78,7 @@ def _reconcile(_: argparse.Namespace) -> int:
 
 def _doctor(_: argparse.Namespace) -> int:
     """Check the configuration and every service it names; 1 when something is wrong."""
-    from shop import doctor
+    from shop.cli import doctor
 
     findings = doctor.examine(get_settings())
     for finding in findings:

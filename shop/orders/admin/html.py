@@ -1,7 +1,7 @@
 """The admin pages' HTML: one autoescaping Jinja2 environment, its filters, and the
 headers every page goes out with.
 
-Templates live in ``shop/orders/templates/admin/``. Everything a template prints is
+Templates live in ``shop/orders/admin/templates/admin/``. Everything a template prints is
 escaped (a customer's name is only ever text), a missing variable is an error
 (``StrictUndefined``), and the Content-Security-Policy lets no script run at all.
 """
@@ -56,7 +56,7 @@ def as_json(value: Any) -> str:
 
 def _build_environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("shop.orders", "templates"),
+        loader=PackageLoader("shop.orders.admin", "templates"),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

@@ -10,7 +10,7 @@ The actions (retry, cancel, resend-email, request-fulfillment) are the admin use
 cases of ``admin_service``, which stay the authority on what applies; the pages only
 choose which buttons to show. Signing in is HTTP Basic: any user name (it goes on the
 timeline) and ``SHOP_ADMIN_TOKEN`` as the password. Every form carries a token and is
-refused from another site's page (``shop.csrf``).
+refused from another site's page (``shop.web.csrf``).
 """
 
 from __future__ import annotations
@@ -26,16 +26,24 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from shop import csrf
 from shop.config import Settings, get_settings
-from shop.deps import BASIC_CHALLENGE, AdminBasic, AdminBearer, SessionDep, SettingsDep, admin_actor
-from shop.errors import InvalidRequest
-from shop.orders import admin_service
-from shop.orders.admin_html import page
+from shop.orders.admin import service as admin_service
+from shop.orders.admin.html import page
 from shop.orders.attention import Kind
+from shop.orders.queries import OrderNotFound
 from shop.orders.schemas import AdminOrderDetail, AdminOrderOut
 from shop.orders.states import OrderStatus
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
+from shop.web import csrf
+from shop.web.deps import (
+    BASIC_CHALLENGE,
+    AdminBasic,
+    AdminBearer,
+    SessionDep,
+    SettingsDep,
+    admin_actor,
+)
+from shop.web.errors import InvalidRequest
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 HOME = "/admin/"
@@ -251,7 +259,7 @@ def act(order_id: str, action: str, request: Request, session: SessionDep, actor
                         "go back to the order and try again.", back=back)
     try:
         _perform(session, wanted, order_id=target, actor=actor)
-    except admin_service.OrderNotFound:
+    except OrderNotFound:
         raise PageError(404, "No such order", f"There is no order {target}.") from None
     except admin_service.OrderConflict as exc:
         raise PageError(409, f"{wanted.label}: not done", f"{exc}. Nothing was done.",
@@ -292,7 +300,7 @@ def _detail(session: Session, order_id: str) -> AdminOrderDetail:
     target = _uuid(order_id)
     try:
         return admin_service.order_detail(session, order_id=target)
-    except admin_service.OrderNotFound:
+    except OrderNotFound:
         raise PageError(404, "No such order", f"There is no order {target}.",
                         back=HOME) from None
 

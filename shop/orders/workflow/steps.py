@@ -13,122 +13,31 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shop.db import db_now, insert_for, utcnow
-from shop.exceptions import BusyError
+from shop.db import insert_for, utcnow
+from shop.exceptions import InvariantBroken
+from shop.messaging.broker import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
 from shop.messaging.service import enqueue_event
 from shop.notifications.mailer import Mailer
 from shop.notifications.service import send_notification
-from shop.orders import attention
+from shop.orders import attention, lease
 from shop.orders.models import FulfillmentRequest, Order
+from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step
-from shop.orders.workflow import (
-    EVENTS_EXCHANGE,
-    FULFILLMENT_ROUTING_KEY,
-    advance,
-    fail,
-    load,
-    reserve_lines,
-    shortages,
-)
+from shop.orders.stock import reserve_lines, shortages
+from shop.orders.workflow.flow import advance, fail
 from shop.payments import service as payments
-from shop.payments.gateway import CALL_TIMEOUT, MAX_CALLS_PER_STEP, PaymentGateway
+from shop.payments.gateway import PaymentGateway
 from shop.payments.models import Payment
 from shop.payments.service import Outcome
 
 log = logging.getLogger(__name__)
 
 CONFIRMATION_KIND = "order_confirmation"
-# A payment step's provider calls fit in its soft time limit, which is below the hard
-# limit, which is below the lease: a lease never runs out under a live call.
-PAYMENT_SOFT_LIMIT = MAX_CALLS_PER_STEP * CALL_TIMEOUT + 5
-PAYMENT_HARD_LIMIT = PAYMENT_SOFT_LIMIT + 5
-LEASE_SECONDS = PAYMENT_HARD_LIMIT + 5
 EMAIL_LEASE_SECONDS = 75.0  # above the tasks' hard time limit (60 s): a send cannot outlive it
-
-
-class OrderBusy(BusyError):
-    """Another copy of a step holds the order's lease; try again shortly."""
-
-
-def claim_lease(session: Session, *, order_id: uuid.UUID, owner: str,
-                seconds: float = LEASE_SECONDS) -> None:
-    """Take the order's lease (or ``OrderBusy``); committed at once, on the database's clock."""
-    taken = session.execute(
-        update(Order)
-        .where(Order.id == order_id,
-               or_(Order.lease_until.is_(None), Order.lease_until < db_now(),
-                   Order.lease_owner == owner))
-        .values(lease_owner=owner, lease_until=db_now(seconds))
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if taken.rowcount != 1:  # type: ignore[attr-defined]
-        raise OrderBusy(str(order_id))
-
-
-@contextmanager
-def leased(session: Session, *, order_id: uuid.UUID, owner: str) -> Iterator[None]:
-    """Hold the order's lease for the block; give it back at once if the block fails.
-
-    The block covers the provider call and the commit of its outcome, which ends the
-    lease (``_end_lease``): a failed commit (a concurrent copy won) gives it back too,
-    so the retry does not wait for the lease to run out.
-    """
-    claim_lease(session, order_id=order_id, owner=owner)
-    with given_back_on_failure(session, order_id=order_id, owner=owner):
-        yield
-
-
-@contextmanager
-def given_back_on_failure(session: Session, *, order_id: uuid.UUID,
-                          owner: str) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        session.rollback()
-        end_lease(session, order_id=order_id, owner=owner)
-        raise
-
-
-def claim(session: Session, *, order_id: uuid.UUID, stage: Stage, owner: str) -> Order | None:
-    """The order at ``stage``, with its lease taken for ``owner``, in one statement that
-    checks the stage, takes the lease and reads the order (not committed: the caller's
-    first commit carries it). ``None`` if the order moved on; ``OrderBusy`` if another
-    copy holds it."""
-    order = session.scalars(
-        update(Order)
-        .where(Order.id == order_id, Order.stage == stage,
-               or_(Order.lease_until.is_(None), Order.lease_until < db_now(),
-                   Order.lease_owner == owner))
-        .values(lease_owner=owner, lease_until=db_now(LEASE_SECONDS))
-        .returning(Order)
-        .execution_options(populate_existing=True, synchronize_session=False)
-    ).one_or_none()
-    if order is None and session.scalar(select(Order.stage).where(Order.id == order_id)) == stage:
-        raise OrderBusy(str(order_id))
-    return order
-
-
-def end_lease(session: Session, *, order_id: uuid.UUID, owner: str) -> None:
-    """Give the lease back (committed), if ``owner`` still holds it."""
-    session.execute(
-        update(Order).where(Order.id == order_id, Order.lease_owner == owner)
-        .values(lease_owner=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-
-
-def _end_lease(order: Order) -> None:
-    order.lease_owner = None
-    order.lease_until = None
 
 
 def at_stage(session: Session, *, order_id: uuid.UUID, stage: Stage, lines: bool = False,
@@ -145,7 +54,7 @@ def at_again(session: Session, *, order_id: uuid.UUID, stage: Stage,
     session.expire_all()
     order = at_stage(session, order_id=order_id, stage=stage)
     if order is None:
-        end_lease(session, order_id=order_id, owner=owner)
+        lease.release(session, order_id=order_id, owner=owner)
     return order
 
 
@@ -166,10 +75,10 @@ def check_inventory(session: Session, *, order_id: uuid.UUID) -> None:
 def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                    owner: str) -> None:
     """Authorize the order's total (manual capture); a decline or refusal fails the order."""
-    order = claim(session, order_id=order_id, stage=Stage.IN_STOCK, owner=owner)
+    order = lease.claim_at(session, order_id=order_id, stage=Stage.IN_STOCK, owner=owner)
     if order is None:
         return
-    with given_back_on_failure(session, order_id=order_id, owner=owner):
+    with lease.given_back_on_failure(session, order_id=order_id, owner=owner):
         payment = payments.open_attempt(
             session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
             currency=order.currency, provider=gateway.name)
@@ -186,7 +95,7 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
             fail(session, order=order, step=Step.PAYMENT,
                  reason=result.reason or "card_declined", provider_text=result.message,
                  error=result.detail, event=Event.PAYMENT_FAILED, detail=detail)
-        _end_lease(order)
+        lease.clear(order)
         session.commit()
 
 
@@ -211,16 +120,17 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
 def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                     owner: str) -> None:
     """Take the authorized money, then confirm the order (and fan out)."""
-    order = claim(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
+    order = lease.claim_at(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
     if order is None:
         return
-    with given_back_on_failure(session, order_id=order_id, owner=owner):
+    with lease.given_back_on_failure(session, order_id=order_id, owner=owner):
         payment = payments.find_attempt(session, order_id=order_id, attempt=order.payment_attempt)
-        assert payment is not None, "a reserved order has an authorized attempt"
+        if payment is None:
+            raise InvariantBroken("a reserved order has an authorized attempt")
         session.commit()
         result = payments.capture(payment=payment, amount=order.total, gateway=gateway)
         settle_capture(session, order=order, result=result, payment=payment)
-        _end_lease(order)
+        lease.clear(order)
         session.commit()
 
 
@@ -311,13 +221,14 @@ def release_payment(session: Session, *, order_id: uuid.UUID, attempt: int,
     if payment is None or not payments.unsettled(payment):
         return False
     session.commit()
-    with leased(session, order_id=order_id, owner=owner):
+    with lease.hold(session, order_id=order_id, owner=owner):
         result = payments.release(payment=payment, gateway=gateway)
         session.expire_all()
         order = load(session, order_id=order_id)
-        assert order is not None
+        if order is None:
+            raise InvariantBroken("order is missing")
         if _wants(order, attempt):  # retried meanwhile: leave the money to the new run
-            end_lease(session, order_id=order_id, owner=owner)
+            lease.release(session, order_id=order_id, owner=owner)
             return False
         record = payments.record(session, result=result)
         order.record(f"payment.{record.status}", detail={"reference": result.reference},
@@ -327,7 +238,7 @@ def release_payment(session: Session, *, order_id: uuid.UUID, attempt: int,
                            message=f"{result.refunded} {order.currency} was captured for an "
                                    "order that was not confirmed, and refunded")
         attention.resolve(session, order_id=order_id, kind=attention.Kind.RELEASE_FAILED)
-        _end_lease(order)
+        lease.clear(order)
         session.commit()
     return True
 
@@ -348,6 +259,6 @@ def fail_step(session: Session, *, order_id: uuid.UUID, step: Step, reason: str,
     if order is None or order.current_stage.terminal:
         return False
     fail(session, order=order, step=step, reason=reason, error=message)
-    _end_lease(order)
+    lease.clear(order)
     session.commit()
     return True

@@ -20,16 +20,18 @@ from sqlalchemy import exists, func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from shop.db import utcnow
-from shop.errors import FieldProblem, InvalidRequest
-from shop.exceptions import BusyError
-from shop.orders import attention, steps
-from shop.orders.admin_views import detail_view, summary_views
+from shop.exceptions import BusyError, InvariantBroken
+from shop.orders import attention, lease
+from shop.orders.admin.views import detail_view, summary_views
 from shop.orders.models import Attention, Order
+from shop.orders.queries import OrderNotFound, load
 from shop.orders.schemas import AdminOrderDetail, AdminOrderPage
 from shop.orders.states import Event, OrderStatus, Stage, Step
-from shop.orders.workflow import TaskName, advance, compensate, enqueue, load
+from shop.orders.workflow.flow import advance, compensate, enqueue
+from shop.orders.workflow.table import TaskName
 from shop.payments import service as payments
 from shop.payments.models import PaymentStatus
+from shop.web.errors import FieldProblem, InvalidRequest
 
 STUCK_AFTER = dt.timedelta(minutes=15)  # what the admin page calls stuck
 DEFINITELY_FAILED = (PaymentStatus.FAILED, PaymentStatus.VOIDED, PaymentStatus.REFUNDED)
@@ -37,10 +39,6 @@ DEFINITELY_FAILED = (PaymentStatus.FAILED, PaymentStatus.VOIDED, PaymentStatus.R
 
 class OrderConflict(Exception):
     """The order is not in a state this action applies to, or another action holds it."""
-
-
-class OrderNotFound(Exception):
-    pass
 
 
 def list_orders(
@@ -185,16 +183,17 @@ def _held(session: Session, *, order_id: uuid.UUID, actor: str) -> Iterator[Orde
         raise OrderNotFound(str(order_id))
     owner = f"admin:{uuid.uuid4().hex[:12]}"
     try:
-        steps.claim_lease(session, order_id=order_id, owner=owner)
+        lease.claim(session, order_id=order_id, owner=owner)
     except BusyError:
         raise OrderConflict(f"order {order_id} is busy; try again in a moment") from None
     try:
         order = load(session, order_id=order_id)
-        assert order is not None
+        if order is None:
+            raise InvariantBroken("order is missing")
         yield order
-        order.lease_owner = order.lease_until = None
+        lease.clear(order)
         session.commit()
     except BaseException:
         session.rollback()
-        steps.end_lease(session, order_id=order_id, owner=owner)
+        lease.release(session, order_id=order_id, owner=owner)
         raise

@@ -19,12 +19,15 @@ from sqlalchemy.orm import Session
 
 from shop import metrics
 from shop.db import utcnow
+from shop.exceptions import InvariantBroken
 from shop.messaging.service import enqueue_task
-from shop.orders import attention
+from shop.orders import attention, lease
 from shop.orders.models import Order
+from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step
-from shop.orders.steps import leased, settle_capture
-from shop.orders.workflow import TaskName, advance, compensate, fail, load
+from shop.orders.workflow.flow import advance, compensate, fail
+from shop.orders.workflow.steps import settle_capture
+from shop.orders.workflow.table import TaskName
 from shop.payments import service as payments
 from shop.payments import webhooks
 from shop.payments.gateway import PaymentGateway, ProviderEvent
@@ -68,18 +71,19 @@ def handle(session: Session, *, event_id: str, gateway: PaymentGateway, owner: s
     order_id, event_type = payment.order_id, event.type
     dispute = webhooks.dispute_summary(event.payload)
     session.commit()
-    with leased(session, order_id=order_id, owner=owner):
+    with lease.hold(session, order_id=order_id, owner=owner):
         result = payments.inspect(payment=payment, gateway=gateway)
         session.expire_all()
         order = load(session, order_id=order_id)
-        assert order is not None
+        if order is None:
+            raise InvariantBroken("order is missing")
         outcome = converge(session, order=order, payment=payment, result=result)
         if event_type.startswith("charge.dispute."):
             outcome = _note_dispute(session, order=order, event_type=event_type,
                                     dispute=dispute)
         webhooks.mark_handled(session, event_id=event_id, outcome=outcome, order_id=order_id)
         _count(session, event_type=event_type, outcome=outcome)
-        order.lease_owner = order.lease_until = None
+        lease.clear(order)
         session.commit()
     return outcome
 
@@ -194,13 +198,15 @@ def _abandon(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
     if order is None or order.current_stage is not Stage.REQUIRES_ACTION:
         return
     payment = payments.find_attempt(session, order_id=order_id, attempt=order.payment_attempt)
-    assert payment is not None, "an order waiting for authentication has an intent"
+    if payment is None:
+        raise InvariantBroken("an order waiting for authentication has an intent")
     session.commit()
-    with leased(session, order_id=order_id, owner=owner):
+    with lease.hold(session, order_id=order_id, owner=owner):
         result = payments.cancel(payment=payment, gateway=gateway)
         session.expire_all()
         order = load(session, order_id=order_id)
-        assert order is not None
+        if order is None:
+            raise InvariantBroken("order is missing")
         if order.current_stage is Stage.REQUIRES_ACTION and result.outcome is Outcome.VOIDED:
             payments.record(session, result=result)
             fail(session, order=order, step=Step.PAYMENT, reason="authentication_failed",
@@ -208,5 +214,5 @@ def _abandon(session: Session, *, order_id: uuid.UUID, gateway: PaymentGateway,
                  detail={"reference": result.reference})
         else:
             converge(session, order=order, payment=payment, result=result)
-        order.lease_owner = order.lease_until = None
+        lease.clear(order)
         session.commit()

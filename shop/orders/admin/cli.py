@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from shop.db import session_scope
-from shop.orders import admin_service
+from shop.orders.admin import service as admin_service
+from shop.orders.queries import OrderNotFound
 from shop.orders.schemas import AdminOrderOut
 
 ACTOR = "cli"
@@ -61,7 +62,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except (CommandError, admin_service.OrderConflict) as exc:
             print(f"shop orders: {exc}")
             return 1
-        except admin_service.OrderNotFound as exc:
+        except OrderNotFound as exc:
             print(f"shop orders: no order {exc}")
             return 1
     return run

@@ -16,10 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from shop import metrics
-from shop.celery import transport_options
 from shop.config import get_settings
 from shop.db import session_scope
-from shop.messaging.service import outbox_lag
+from shop.messaging.broker import transport_options
+from shop.messaging.service import OutboxCollector, outbox_lag
 
 router = APIRouter(tags=["health"])
 OUTBOX_LAG_ALLOWED = 60.0  # seconds beyond the relay's grace
@@ -82,4 +82,4 @@ def healthz() -> JSONResponse:
 def metrics_route() -> Response:
     """Prometheus metrics of this API (all its processes, in multiprocess mode), and the
     outbox's backlog and lag."""
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(extra=OutboxCollector()), media_type=CONTENT_TYPE_LATEST)

@@ -10,10 +10,10 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from shop.db import session_scope
-from shop.deps import SettingsDep
-from shop.errors import ERROR_RESPONSES, ErrorOut, ShopHTTPError
-from shop.orders import payment_events
+from shop.orders.provider import events as payment_events
 from shop.payments.gateway import ProviderEvent, SignatureInvalid, verify_event
+from shop.web.deps import SettingsDep
+from shop.web.errors import ERROR_RESPONSES, ErrorOut, ShopHTTPError
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["webhooks"], responses=ERROR_RESPONSES)

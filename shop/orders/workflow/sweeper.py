@@ -1,13 +1,15 @@
 """The sweeper: a safety net for messages lost outside the broker's guarantees.
 
 Beat runs it every minute. An order in flight that has not moved for five minutes
-(``SHOP_STUCK_AFTER_SECONDS``; beat sweeps five times in that span)
-gets its next step sent again (steps are idempotent, so a resend to an order that
-is in fact moving is harmless): this covers the embedded broker, which has no
+(``SHOP_STUCK_AFTER_SECONDS``; beat sweeps five times in that span) gets the steps its
+table entry marks ``swept`` sent again (steps are idempotent, so a resend to an order
+that is in fact moving is harmless): this covers the embedded broker, which has no
 acknowledgements, a dead-lettered step, and a task stopped by a time limit. A
 confirmed order whose email or warehouse request is missing is re-driven the same
-way. It is bounded: after ``MAX_RESUMES`` sweeps without progress, the step gives up
-as its task would (``giving_up.give_up``), which fails the order or flags it for a person.
+way, however old it is: a paid order never drops out of sight (an admin's resend
+whose email still fails, a request lost while beat was down over a weekend). It is
+bounded: after ``MAX_RESUMES`` sweeps without progress, the step gives up as its task
+would (``giving_up.give_up``), which fails the order or flags it for a person.
 Orders whose capture outcome is unknown are reconciliation's, not the sweeper's.
 """
 
@@ -24,15 +26,16 @@ from sqlalchemy.sql.expression import Exists
 from shop.db import utcnow
 from shop.exceptions import BusyError
 from shop.notifications.models import Notification
-from shop.orders import attention, giving_up, steps
+from shop.orders import attention
 from shop.orders.models import Attention, FulfillmentRequest, Order
 from shop.orders.states import Stage
-from shop.orders.workflow import NEXT_AFTER, TaskName, continue_from, enqueue
+from shop.orders.workflow import giving_up, steps
+from shop.orders.workflow.flow import enqueue
+from shop.orders.workflow.table import TaskName, swept_at
 
 log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
-REDRIVE_WINDOW = dt.timedelta(days=1)  # confirmed orders older than this are left alone
 IN_FLIGHT = (Stage.PLACED, Stage.IN_STOCK, Stage.AUTHORIZED, Stage.RESERVED)
 
 
@@ -56,10 +59,11 @@ def resume_stuck(session: Session, *, older_than: float, limit: int = 500,
     give_ups: list[tuple[uuid.UUID, TaskName]] = []
     for order in stuck:
         if order.resumes >= MAX_RESUMES:
-            give_ups.extend((order.id, task) for task in NEXT_AFTER[order.current_stage])
+            give_ups.extend((order.id, task) for task in swept_at(order.current_stage))
             continue
         _resume(order, now=now)
-        continue_from(session, order=order)
+        for task in swept_at(order.current_stage):
+            enqueue(session, task=task, order=order)
     redriven, more = _redrive_confirmed(session, cutoff=cutoff, now=now, limit=limit)
     give_ups.extend(more)
     session.commit()
@@ -93,13 +97,13 @@ def _redrive_confirmed(session: Session, *, cutoff: dt.datetime, now: dt.datetim
     rows = session.execute(
         select(Order, email_due, request_due)
         .where(Order.stage == Stage.CONFIRMED, Order.updated_at < cutoff,
-               Order.updated_at > now - REDRIVE_WINDOW, or_(email_due, request_due))
+               or_(email_due, request_due))
         .order_by(Order.updated_at).limit(limit)).all()
     give_ups: list[tuple[uuid.UUID, TaskName]] = []
     for order, needs_email, needs_request in rows:
-        missing = [task for task, due in ((TaskName.SEND_CONFIRMATION, needs_email),
-                                          (TaskName.REQUEST_FULFILLMENT, needs_request))
-                   if due]
+        due = {TaskName.SEND_CONFIRMATION: needs_email,
+               TaskName.REQUEST_FULFILLMENT: needs_request}
+        missing = [task for task in swept_at(Stage.CONFIRMED) if due.get(task)]
         if order.resumes >= MAX_RESUMES:
             give_ups.extend((order.id, task) for task in missing)
             continue

@@ -15,9 +15,9 @@ from fastapi.security import (
 )
 from sqlalchemy.orm import Session
 
-from shop import csrf
 from shop.config import Settings, get_settings
 from shop.db import session_scope
+from shop.web import csrf
 
 API_ACTOR = "api"
 
@@ -64,7 +64,7 @@ def admin_actor(settings: Settings, bearer: HTTPAuthorizationCredentials | None,
 def require_admin(request: Request, settings: SettingsDep, bearer: AdminBearer,
                   basic: AdminBasic) -> str:
     """The admin API's door: ``admin_actor``, and a change made with a browser's Basic
-    credentials must not come from another site's page (``shop.csrf``)."""
+    credentials must not come from another site's page (``shop.web.csrf``)."""
     actor = admin_actor(settings, bearer, basic)
     if (bearer is None and request.method not in SAFE_METHODS
             and not csrf.same_origin(request.headers)):

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
-from shop.deps import AdminDep, SessionDep
-from shop.errors import ADMIN_RESPONSES, ERROR_RESPONSES, Conflict, ErrorOut, NotFound
-from shop.orders import admin_service, service
+from shop.orders import service
+from shop.orders.admin import service as admin_service
+from shop.orders.queries import OrderNotFound
 from shop.orders.schemas import (
     AdminOrderDetail,
     AdminOrderPage,
@@ -21,7 +21,9 @@ from shop.orders.schemas import (
     ProductOut,
     QueuedOut,
 )
-from shop.orders.workflow import TaskName
+from shop.orders.workflow.table import TaskName
+from shop.web.deps import AdminDep, SessionDep
+from shop.web.errors import ADMIN_RESPONSES, ERROR_RESPONSES, Conflict, ErrorOut, NotFound
 
 router = APIRouter(prefix="/admin", tags=["admin"],
                    responses={**ERROR_RESPONSES, **ADMIN_RESPONSES})
@@ -121,7 +123,7 @@ def _mapped(order_id: uuid.UUID) -> Iterator[None]:
     """Map the use cases' refusals to HTTP errors."""
     try:
         yield
-    except admin_service.OrderNotFound:
+    except OrderNotFound:
         raise NotFound(f"no order {order_id}") from None
     except admin_service.OrderConflict as exc:
         raise Conflict(str(exc)) from None

@@ -32,11 +32,14 @@ from sqlalchemy.orm import Session
 
 from shop import metrics
 from shop.db import utcnow
-from shop.exceptions import BusyError, TransientError
-from shop.orders import attention, payment_events, steps
+from shop.exceptions import BusyError, InvariantBroken, TransientError
+from shop.orders import attention, lease
 from shop.orders.models import Attention, Order
+from shop.orders.provider import events as payment_events
+from shop.orders.queries import load
 from shop.orders.states import Stage, Step
-from shop.orders.workflow import fail, load
+from shop.orders.workflow import steps
+from shop.orders.workflow.flow import fail
 from shop.payments import service as payments
 from shop.payments import webhooks
 from shop.payments.gateway import PaymentError, PaymentGateway
@@ -122,9 +125,10 @@ def settle_unknown_capture(session: Session, *, order_id: uuid.UUID, gateway: Pa
         session.commit()
         return False
     payment = payments.find_attempt(session, order_id=order_id, attempt=order.payment_attempt)
-    assert payment is not None, "a reserved order has an authorized attempt"
+    if payment is None:
+        raise InvariantBroken("a reserved order has an authorized attempt")
     session.commit()
-    with steps.leased(session, order_id=order_id, owner=owner):
+    with lease.hold(session, order_id=order_id, owner=owner):
         result = payments.inspect(payment=payment, gateway=gateway)
         order = steps.at_again(session, order_id=order_id, stage=Stage.RESERVED, owner=owner)
         if order is None:
@@ -132,7 +136,7 @@ def settle_unknown_capture(session: Session, *, order_id: uuid.UUID, gateway: Pa
         order.record("payment.reconciled", detail={"reference": result.reference},
                      internal={"provider_outcome": result.outcome.value})
         steps.settle_capture(session, order=order, result=result, was_unknown=True)
-        order.lease_owner = order.lease_until = None
+        lease.clear(order)
         session.commit()
     return True
 
@@ -144,22 +148,24 @@ def settle_expiring(session: Session, *, order_id: uuid.UUID, gateway: PaymentGa
     if order is None or order.current_stage in (Stage.FAILED, Stage.CANCELLED):
         return False  # the release of failed and cancelled orders takes care of it
     payment = payments.find_attempt(session, order_id=order_id, attempt=order.payment_attempt)
-    assert payment is not None
+    if payment is None:
+        raise InvariantBroken("payment is missing")
     session.commit()
-    with steps.leased(session, order_id=order_id, owner=owner):
+    with lease.hold(session, order_id=order_id, owner=owner):
         result = None
         if order.current_stage is Stage.CONFIRMED:
             result = payments.capture(payment=payment, amount=order.total, gateway=gateway)
         session.expire_all()
         order = load(session, order_id=order_id)
-        assert order is not None
+        if order is None:
+            raise InvariantBroken("order is missing")
         if result is not None:
             payments.record(session, result=result)
             order.record("payment.captured_before_expiry", detail={"reference": result.reference})
         elif not order.current_stage.terminal:
             fail(session, order=order, step=Step.PAYMENT, reason="timeout",
                  error="the authorization was about to expire at the provider")
-        order.lease_owner = order.lease_until = None
+        lease.clear(order)
         session.commit()
     return True
 

@@ -1,0 +1,5 @@
+"""``python -m shop``: the ``shop`` command."""
+
+from shop.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Reconciliation with the payment provider, step by step (SQLite and PostgreSQL, a
+recording fake gateway): unknown captures, releases, what reconcile mends."""
+
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.orm import Session
+
+from shop.orders.provider import reconcile
+from shop.orders.workflow import steps
+from shop.orders.workflow.table import TaskName
+from shop.payments.gateway import PaymentTransientError
+from shop.payments.models import PaymentStatus
+from tests.fakes import FakeGateway
+from tests.fixtures.outcomes import (
+    give_up,
+    open_flags,
+    payment_of,
+    placed,
+    queued,
+    reload,
+    reserved,
+    to_reserved,
+)
+
+
+def test_a_lost_capture_answer_keeps_the_order_and_its_stock_until_the_provider_says(
+        session: Session, gateway: FakeGateway) -> None:
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    gateway.fail_next = ["after_capture"]  # the provider captures; the answer is lost
+    with pytest.raises(PaymentTransientError):
+        steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    gateway.fail_next = ["retrieve"] * 3  # ...and then keeps failing for every retry
+    for _ in range(3):
+        with pytest.raises(PaymentTransientError):
+            steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    give_up(session, TaskName.CAPTURE_PAYMENT, order.id)
+
+    held = reload(session, order.id)
+    assert (held.status, held.stage) == ("pending", "reserved")  # not failed, money taken
+    assert reserved(session) == 2  # the stock is not sold again
+    assert open_flags(session, order.id) == {"payment_unknown"}
+    assert TaskName.RELEASE_PAYMENT not in queued(session)  # nothing voided or refunded
+
+    tally = reconcile.reconcile(session, gateway=gateway, owner="reconcile")
+    assert tally["capture_settled"] == 1
+    done = reload(session, order.id)
+    assert done.status == "confirmed"
+    assert payment_of(session, order.id).status == PaymentStatus.CAPTURED
+    assert gateway.count("capture") == 1
+    assert open_flags(session, order.id) == set()
+    assert queued(session)[-2:] == [TaskName.SEND_CONFIRMATION, TaskName.REQUEST_FULFILLMENT]
+    assert reconcile.reconcile(session, gateway=gateway, owner="reconcile")["capture_settled"] == 0
+
+
+def test_reconcile_keeps_asking_while_the_provider_is_down(
+        session: Session, gateway: FakeGateway) -> None:
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    give_up(session, TaskName.CAPTURE_PAYMENT, order.id)
+    gateway.fail_next = ["retrieve"]
+    assert reconcile.reconcile(session, gateway=gateway, owner="r")["capture_unknown"] == 1
+    assert (reload(session, order.id).stage, open_flags(session, order.id)) == (
+        "reserved", {"payment_unknown"})
+
+
+def test_an_authorization_that_was_never_captured_is_cancelled_and_the_order_failed(
+        session: Session, gateway: FakeGateway) -> None:
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    give_up(session, TaskName.CAPTURE_PAYMENT, order.id)  # the capture never reached it
+    reconcile.reconcile(session, gateway=gateway, owner="r")
+    failed = reload(session, order.id)
+    assert (failed.status, failed.failure_step, failed.failure_reason) == (
+        "failed", "payment", "payment_unavailable")
+    assert reserved(session) == 0
+    steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
+    assert gateway.intents[str(payment_of(session, order.id).reference)].status == "canceled"
+    assert gateway.count("capture") == 0
+
+
+def test_a_void_that_runs_out_of_attempts_is_flagged_and_reconcile_finishes_it(
+        session: Session, gateway: FakeGateway) -> None:
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    steps.fail_step(session, order_id=order.id, step=steps.Step.PAYMENT,
+                    reason="payment_unavailable", message="provider down")
+    gateway.fail_next = ["cancel"]
+    with pytest.raises(PaymentTransientError):
+        steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway,
+                              owner="r")
+    give_up(session, TaskName.RELEASE_PAYMENT, order.id)
+    assert open_flags(session, order.id) == {"release_failed"}
+    assert payment_of(session, order.id).status == PaymentStatus.AUTHORIZED
+
+    assert reconcile.reconcile(session, gateway=gateway, owner="r")["released"] == 1
+    assert payment_of(session, order.id).status == PaymentStatus.VOIDED
+    assert open_flags(session, order.id) == set()
+    assert reconcile.reconcile(session, gateway=gateway, owner="r")["released"] == 0
