@@ -102,7 +102,7 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("shop", include=["shop.orders.workflow.tasks", "shop.reports.tasks"])
+app = Celery("shop", include=TASK_MODULES)
 configure(app, get_settings())
 
 DIRECT_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,

@@ -39,7 +39,7 @@ class FakeGateway:
         ref = f"pi_fake_{next(self._ids)}"
         self.calls.append(("create", ref))
         self.intents[ref] = IntentState(reference=ref, status="requires_confirmation",
-                                        amount=amount)
+                                        amount=amount, currency=currency)
         self.metadata[ref] = {**metadata, "pm": payment_method}
         return self.intents[ref]
 

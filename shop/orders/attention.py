@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shop.db import insert_for, utcnow
-from shop.orders.models import Attention
+from shop.orders.models import Attention, Order
 
 
 class Kind(StrEnum):
@@ -23,6 +23,9 @@ class Kind(StrEnum):
     FULFILLMENT_FAILED = "fulfillment_failed"  # the warehouse request failed for good
     REFUNDED_UNCONFIRMED = "refunded_unconfirmed"  # money taken for an unconfirmed order
     DISPUTE = "dispute"  # the customer disputed the charge
+    UNRECOGNIZED_PAYMENT = "unrecognized_payment"  # money names the order; the shop did not take it
+    PROVIDER_ERROR = "provider_error"  # the provider refuses to say anything of this payment
+    LEDGER_MISMATCH = "ledger_mismatch"  # the shop's ledger and the provider disagree
 
 
 def flag(session: Session, *, order_id: uuid.UUID, kind: Kind, message: str) -> None:
@@ -35,14 +38,23 @@ def flag(session: Session, *, order_id: uuid.UUID, kind: Kind, message: str) -> 
         set_={"message": statement.excluded.message, "resolved_at": None}))  # type: ignore[attr-defined]
 
 
-def resolve(session: Session, *, order_id: uuid.UUID, kind: Kind) -> bool:
-    """Close ``kind`` on the order; True if it was open."""
+def resolve(session: Session, *, order_id: uuid.UUID, kind: Kind, order: Order | None = None,
+            why: str | None = None, actor: str | None = None) -> bool:
+    """Close ``kind`` on the order; True if it was open.
+
+    Closed by a person (``actor``) or by itself when its cause is gone (``why``); the
+    order's timeline says which, when the caller has the order at hand.
+    """
     done = session.execute(
         update(Attention)
         .where(Attention.order_id == order_id, Attention.kind == kind.value,
                Attention.resolved_at.is_(None))
         .values(resolved_at=utcnow()))
-    return bool(done.rowcount)  # type: ignore[attr-defined]
+    resolved = bool(done.rowcount)  # type: ignore[attr-defined]
+    if resolved and order is not None:
+        order.record("attention.resolved", actor=actor, detail={
+            "kind": kind.value, "by": actor or "the shop", "why": why or "resolved by an admin"})
+    return resolved
 
 
 def open_items(session: Session, *, order_id: uuid.UUID) -> list[Attention]:

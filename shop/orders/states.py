@@ -107,6 +107,8 @@ TRANSITIONS: dict[tuple[Stage, Event], Stage] = {
 # (exception text, provider messages about our requests) go to logs and the admin API.
 CUSTOMER_MESSAGES: dict[str, str] = {
     "out_of_stock": "Some items in your order are out of stock.",
+    "out_of_stock_refunded": "Some items in your order are out of stock. The payment you made "
+                             "is refunded in full.",
     "card_declined": "Your card was declined.",
     "insufficient_funds": "Your card has insufficient funds.",
     "expired_card": "Your card has expired.",

@@ -86,7 +86,8 @@ class _Intent:
         failed = self.status in ("requires_payment_method", "canceled")
         return IntentState(
             reference=self.reference, status=IntentStatus(self.status), amount=self.amount,
-            amount_received=self.amount_received, amount_refunded=self.amount_refunded,
+            currency=self.currency, amount_received=self.amount_received,
+            amount_refunded=self.amount_refunded,
             client_secret=self.client_secret,
             decline_code=self.error_code if failed else None,
             decline_message=self.error_message if failed else None,

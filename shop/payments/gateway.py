@@ -97,6 +97,7 @@ class IntentState:
     reference: str
     status: IntentStatus
     amount: int
+    currency: str = ""
     amount_received: int = 0
     amount_refunded: int = 0
     client_secret: str | None = None
@@ -270,6 +271,7 @@ def _state(intent: stripe.PaymentIntent) -> IntentState:
         reference=intent.id,
         status=status,
         amount=intent.amount,
+        currency=str(getattr(intent, "currency", "") or ""),
         # localstripe omits amount_received; its captured charge's amount says it instead.
         amount_received=received if isinstance(received, int) else captured,
         amount_refunded=refunded,

@@ -169,6 +169,15 @@ def _create_intent(
     return payment.reference
 
 
+def adopt(session: Session, *, payment: Payment, reference: str) -> None:
+    """Record on an attempt the intent that its lost create answer made (no commit)."""
+    session.execute(update(Payment)
+                    .where(Payment.id == payment.id, Payment.reference.is_(None))
+                    .values(reference=reference, status=PaymentStatus.PENDING)
+                    .execution_options(synchronize_session=False))
+    session.expire(payment)
+
+
 def _declined(session: Session, *, payment: Payment, reason: str, message: str,
               gateway: PaymentGateway) -> Result:
     # The reason is committed before the cancel, so a re-run after a crash between the

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
 from shop.orders.models import Order
+from shop.orders.provider import converge
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
 from shop.payments.dummy import DummyGateway
@@ -203,9 +204,9 @@ def test_cancel_refunds_a_confirmed_order_releases_its_stock_and_only_once(
         releases = session.scalars(select(OutboxMessage.payload).where(
             OutboxMessage.name == TaskName.RELEASE_PAYMENT)).all()
         assert releases == [{"order_id": str(order_id), "attempt": 1}]
-        steps.release_payment(session, order_id=order_id, attempt=1, gateway=gateway,
+        converge.release(session, order_id=order_id, attempt=1, gateway=gateway,
                               owner="w")
-        steps.release_payment(session, order_id=order_id, attempt=1, gateway=gateway,
+        converge.release(session, order_id=order_id, attempt=1, gateway=gateway,
                               owner="w")
     seen = client.get(f"/v1/orders/{order_id}").json()
     assert (seen["status"], seen["payment"]["status"]) == ("cancelled", "refunded")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from shop.orders.provider import reconcile
+from shop.orders.provider import converge, reconcile
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
 from shop.payments.gateway import PaymentTransientError
@@ -76,7 +76,7 @@ def test_an_authorization_that_was_never_captured_is_cancelled_and_the_order_fai
     assert (failed.status, failed.failure_step, failed.failure_reason) == (
         "failed", "payment", "payment_unavailable")
     assert reserved(session) == 0
-    steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
+    converge.release(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
     assert gateway.intents[str(payment_of(session, order.id).reference)].status == "canceled"
     assert gateway.count("capture") == 0
 
@@ -89,7 +89,7 @@ def test_a_void_that_runs_out_of_attempts_is_flagged_and_reconcile_finishes_it(
                     reason="payment_unavailable", message="provider down")
     gateway.fail_next = ["cancel"]
     with pytest.raises(PaymentTransientError):
-        steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway,
+        converge.release(session, order_id=order.id, attempt=1, gateway=gateway,
                               owner="r")
     give_up(session, TaskName.RELEASE_PAYMENT, order.id)
     assert open_flags(session, order.id) == {"release_failed"}

@@ -16,7 +16,7 @@ from shop.config import get_settings
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
 from shop.orders import attention
-from shop.orders.models import Order
+from shop.orders.models import Order, OrderEvent
 from shop.orders.provider import events as payment_events
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
@@ -263,10 +263,17 @@ def test_a_customer_who_authenticates_as_the_deadline_passes_is_not_charged_for_
     with session_scope() as session:
         payment_events.expire_authentications(session, gateway=gateway, owner="beat",
                                               older_than=0)
-    # The cancel of an authorized intent wins at the provider: nothing is held, the
-    # order fails; had it lost (captured), the order would follow the provider instead.
-    assert gateway.retrieve(reference).status == "canceled"
-    assert order(order_id).status == "failed"
+    # Issue 18, finding 4: the expiry asks the provider first, under the lease. The
+    # customer completed authentication, so the order resumes with that authorization
+    # (it used to be cancelled and the order failed with "did not complete
+    # authentication"); only an intent still waiting for the customer is cancelled.
+    assert gateway.retrieve(reference).status == "requires_capture"
+    resumed = order(order_id)
+    assert (resumed.status, resumed.stage) == ("pending", "authorized")
+    with session_scope() as session:
+        types = list(session.scalars(select(OrderEvent.type)
+                                     .where(OrderEvent.order_id == order_id)))
+    assert types.count("payment.authorized") == 1
 
 
 def test_an_event_and_the_workflow_racing_on_one_order_end_the_same_way(

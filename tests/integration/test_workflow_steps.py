@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from shop.messaging.models import OutboxMessage
 from shop.orders import lease, service
 from shop.orders.models import FulfillmentRequest, Order, Product
-from shop.orders.provider import reconcile
+from shop.orders.provider import converge, reconcile
 from shop.orders.workflow import flow as workflow
 from shop.orders.workflow import steps, sweeper
 from shop.orders.workflow.table import TaskName
@@ -155,7 +155,7 @@ def test_stock_gone_at_reservation_fails_the_order_and_voids_the_authorization(
     assert (lost.status, lost.failure_step, lost.failure_reason) == (
         "failed", "reservation", "out_of_stock")
     assert queued(session)[-1] == "shop.payments.void_payment"
-    assert steps.release_payment(session, order_id=second.id, attempt=1, gateway=gateway,
+    assert converge.release(session, order_id=second.id, attempt=1, gateway=gateway,
                                  owner="release")
     voided = session.scalar(select(Payment).where(Payment.order_id == second.id))
     assert voided is not None
@@ -208,14 +208,14 @@ def test_a_captured_order_that_was_cancelled_meanwhile_is_refunded_not_confirmed
     steps.fail_step(session, order_id=order.id, step=steps.Step.PAYMENT, reason="timeout",
                     message="stand-in for an admin cancel")  # ...and the order stopped
     assert reserved(session) == 0
-    steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
+    converge.release(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
     payment = payment_of(session, order.id)
     assert (payment.status, payment.amount_captured, payment.amount_refunded) == (
         PaymentStatus.REFUNDED, order.total, order.total)
     assert session.scalar(select(Refund.amount).where(Refund.payment_id == payment.id)) == \
         order.total
     assert gateway.count("refund") == 1
-    steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
+    converge.release(session, order_id=order.id, attempt=1, gateway=gateway, owner="r")
     assert gateway.count("refund") == 1
 
 
@@ -229,7 +229,7 @@ def test_a_processing_intent_is_not_marked_voided(session: Session,
     gateway.intents[reference] = replace(gateway.intents[reference],
                                          status=IntentStatus.PROCESSING)
     with pytest.raises(PaymentTransientError):
-        steps.release_payment(session, order_id=order.id, attempt=1, gateway=gateway,
+        converge.release(session, order_id=order.id, attempt=1, gateway=gateway,
                               owner="r")
     assert payment_of(session, order.id).status == PaymentStatus.AUTHORIZED
     assert reconcile.reconcile(session, gateway=gateway, owner="r")["release_pending"] == 1

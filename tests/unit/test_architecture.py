@@ -130,6 +130,7 @@ def test_every_workflow_task_route_give_up_and_sweep_comes_from_the_step_table()
     from shop.celery import ROUTES, app
     from shop.orders.workflow import giving_up, sweeper, table
 
+    app.loader.import_default_modules()  # what a worker imports as it starts
     declared = {name for name in app.tasks if name.startswith(("shop.orders.", "shop.payments."))}
     assert declared == {spec.task.value for spec in table.STEPS}
     for spec in table.STEPS:

@@ -23,16 +23,15 @@ from shop.messaging.broker import EVENTS_EXCHANGE, FULFILLMENT_ROUTING_KEY
 from shop.messaging.service import enqueue_event
 from shop.notifications.mailer import Mailer
 from shop.notifications.service import send_notification
-from shop.orders import attention, lease
+from shop.orders import lease
 from shop.orders.models import FulfillmentRequest, Order
+from shop.orders.provider import converge
 from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step
 from shop.orders.stock import reserve_lines, shortages
 from shop.orders.workflow.flow import advance, fail
 from shop.payments import service as payments
 from shop.payments.gateway import PaymentGateway
-from shop.payments.models import Payment
-from shop.payments.service import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +82,7 @@ def charge_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGat
             session, order_id=order.id, attempt=order.payment_attempt, amount=order.total,
             currency=order.currency, provider=gateway.name)
         session.commit()  # the lease, the attempt's row and the message's mark, together
-        result = payments.authorize(session, payment=payment, payment_method=order.payment_method,
-                                    gateway=gateway)
-        payments.record(session, result=result, payment=payment)
-        detail = {"reference": result.reference, "attempt": order.payment_attempt}
-        if result.outcome is Outcome.AUTHORIZED:
-            advance(session, order=order, event=Event.PAYMENT_AUTHORIZED, detail=detail)
-        elif result.outcome is Outcome.REQUIRES_ACTION:
-            advance(session, order=order, event=Event.PAYMENT_REQUIRES_ACTION, detail=detail)
-        else:
-            fail(session, order=order, step=Step.PAYMENT,
-                 reason=result.reason or "card_declined", provider_text=result.message,
-                 error=result.detail, event=Event.PAYMENT_FAILED, detail=detail)
+        converge.charge(session, order=order, payment=payment, gateway=gateway)
         lease.clear(order)
         session.commit()
 
@@ -112,8 +100,10 @@ def reserve_stock(session: Session, *, order_id: uuid.UUID) -> None:
     order = at_stage(session, order_id=order_id, stage=Stage.AUTHORIZED)
     if order is None:
         return
-    fail(session, order=order, step=Step.RESERVATION, reason="out_of_stock",
-         event=Event.STOCK_SHORT)
+    paid = converge.current_attempt(session, order=order)
+    taken = paid is not None and paid.amount_captured > paid.amount_refunded
+    fail(session, order=order, step=Step.RESERVATION,  # taken: an admin retried a paid order
+         reason="out_of_stock_refunded" if taken else "out_of_stock", event=Event.STOCK_SHORT)
     session.commit()
 
 
@@ -124,36 +114,13 @@ def capture_payment(session: Session, *, order_id: uuid.UUID, gateway: PaymentGa
     if order is None:
         return
     with lease.given_back_on_failure(session, order_id=order_id, owner=owner):
-        payment = payments.find_attempt(session, order_id=order_id, attempt=order.payment_attempt)
+        payment = converge.current_attempt(session, order=order)
         if payment is None:
             raise InvariantBroken("a reserved order has an authorized attempt")
         session.commit()
-        result = payments.capture(payment=payment, amount=order.total, gateway=gateway)
-        settle_capture(session, order=order, result=result, payment=payment)
+        converge.capture(session, order=order, payment=payment, gateway=gateway)
         lease.clear(order)
         session.commit()
-
-
-def settle_capture(session: Session, *, order: Order, result: payments.Result,
-                   payment: Payment | None = None, was_unknown: bool = False) -> None:
-    """Follow what the provider says of a reserved order's money (the caller commits).
-
-    ``was_unknown``: the order was flagged for reconciliation, which this settles.
-    """
-    payments.record(session, result=result, payment=payment)
-    if was_unknown:
-        attention.resolve(session, order_id=order.id, kind=attention.Kind.PAYMENT_UNKNOWN)
-    detail = {"reference": result.reference, "amount": result.captured}
-    if result.outcome is Outcome.CAPTURED:
-        advance(session, order=order, event=Event.PAYMENT_CAPTURED, detail=detail)
-    elif result.outcome is Outcome.AUTHORIZED:  # never captured: let the authorization go
-        fail(session, order=order, step=Step.PAYMENT, reason="payment_unavailable",
-             error="the capture did not happen; the authorization is cancelled",
-             event=Event.PAYMENT_FAILED, detail=detail)
-    else:
-        fail(session, order=order, step=Step.PAYMENT, reason="capture_failed",
-             error=f"the authorization could not be captured ({result.outcome})",
-             event=Event.PAYMENT_FAILED, detail=detail)
 
 
 def send_confirmation(session: Session, *, order_id: uuid.UUID, mailer: Mailer,
@@ -205,48 +172,6 @@ def request_fulfillment(session: Session, *, order_id: uuid.UUID) -> None:
         session.commit()
     except IntegrityError:  # a concurrent copy recorded it first
         session.rollback()
-
-
-def release_payment(session: Session, *, order_id: uuid.UUID, attempt: int,
-                    gateway: PaymentGateway, owner: str) -> bool:
-    """Compensation's provider half: cancel or refund what an attempt holds.
-
-    Does nothing while the order still wants that attempt (an admin retried it and is
-    using the authorization), or when the attempt holds nothing. True if it released.
-    """
-    order = load(session, order_id=order_id)
-    if order is None or _wants(order, attempt):
-        return False
-    payment = payments.find_attempt(session, order_id=order_id, attempt=attempt)
-    if payment is None or not payments.unsettled(payment):
-        return False
-    session.commit()
-    with lease.hold(session, order_id=order_id, owner=owner):
-        result = payments.release(payment=payment, gateway=gateway)
-        session.expire_all()
-        order = load(session, order_id=order_id)
-        if order is None:
-            raise InvariantBroken("order is missing")
-        if _wants(order, attempt):  # retried meanwhile: leave the money to the new run
-            lease.release(session, order_id=order_id, owner=owner)
-            return False
-        record = payments.record(session, result=result)
-        order.record(f"payment.{record.status}", detail={"reference": result.reference},
-                     internal={"attempt": attempt, "refunded": result.refunded})
-        if result.refunded and order.current_stage is Stage.FAILED:  # taken, then given back
-            attention.flag(session, order_id=order_id, kind=attention.Kind.REFUNDED_UNCONFIRMED,
-                           message=f"{result.refunded} {order.currency} was captured for an "
-                                   "order that was not confirmed, and refunded")
-        attention.resolve(session, order_id=order_id, kind=attention.Kind.RELEASE_FAILED)
-        lease.clear(order)
-        session.commit()
-    return True
-
-
-def _wants(order: Order, attempt: int) -> bool:
-    """Whether the order still counts on this payment attempt."""
-    return attempt == order.payment_attempt and order.current_stage not in (
-        Stage.FAILED, Stage.CANCELLED)
 
 
 def fail_step(session: Session, *, order_id: uuid.UUID, step: Step, reason: str,

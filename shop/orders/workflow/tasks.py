@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from shop.config import get_settings
 from shop.messaging.runner import run_step, task_options
 from shop.notifications.mailer import build_mailer
+from shop.orders.provider import converge
 from shop.orders.workflow import giving_up, steps, sweeper
 from shop.orders.workflow.table import SPEC, TaskName
 from shop.payments.providers import get_gateway
@@ -90,7 +91,7 @@ def request_fulfillment_task(self: Task, order_id: str) -> None:
 @shared_task(**options(TaskName.RELEASE_PAYMENT))
 def release_payment_task(self: Task, order_id: str, attempt: int) -> None:
     gateway, lease_owner = get_gateway(), owner(self)
-    run_step(self, lambda s: steps.release_payment(
+    run_step(self, lambda s: converge.release(
         s, order_id=uuid.UUID(order_id), attempt=attempt, gateway=gateway, owner=lease_owner),
         partial(_give_up, self, TaskName.RELEASE_PAYMENT, order_id, attempt=attempt))
 
