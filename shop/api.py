@@ -57,7 +57,8 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit, overrides={"/webhooks/": WEBHOOK_BODY})
     app.add_middleware(CheckoutRateLimit, rate=settings.checkout_rate,
                        burst=settings.checkout_burst,
-                       trust_forwarded=settings.trust_forwarded_for)
+                       trust_forwarded=settings.trust_forwarded_for,
+                       trusted_hops=settings.trusted_proxy_hops)
     app.add_middleware(RequestIds)
     logs.configure(settings.log_format)
     install_publisher()  # checkouts publish their first step right after the commit

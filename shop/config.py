@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     checkout_rate: float = Field(default=50.0, gt=0)  # per client, per API process
     checkout_burst: float = Field(default=100.0, ge=1)
     trust_forwarded_for: bool = False
+    trusted_proxy_hops: int = Field(default=1, ge=1)  # proxies that append X-Forwarded-For
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     report_time: str = "00:15"
     report_low_stock: int = Field(default=5, ge=0)

@@ -19,7 +19,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -80,11 +80,46 @@ _plain_records = logging.getLogRecordFactory()
 
 def _masked_record(*args: object, **kwargs: object) -> logging.LogRecord:
     """Every record of the process, with email addresses masked before any handler
-    (ours, Celery's, uvicorn's, a test's) sees it."""
+    (ours, Celery's, uvicorn's, a test's) sees it.
+
+    The message and each argument are masked where they stand: ``args`` keep their
+    shape, since formatters read them (uvicorn's access lines unpack five of them).
+    """
     record = _plain_records(*args, **kwargs)
-    if record.args or "@" in str(record.msg):
-        record.msg, record.args = mask(record.getMessage()), None
+    if "@" in str(record.msg):
+        record.msg = mask(str(record.msg))
+    if isinstance(record.args, Mapping):
+        record.args = {key: _masked_arg(value) for key, value in record.args.items()}
+    elif isinstance(record.args, tuple):
+        record.args = tuple(_masked_arg(value) for value in record.args)
     return record
+
+
+def _masked_arg(value: object) -> object:
+    """``value``, or when its text holds an address a stand-in that prints masked
+    (numbers stay numbers, for ``%d``)."""
+    if value is None or isinstance(value, int | float):
+        return value
+    try:
+        text = str(value)
+    except Exception:  # a broken __str__ is the formatter's to report, not the caller's
+        return value
+    if "@" not in text:
+        return value
+    return mask(text) if isinstance(value, str) else _Masked(value)
+
+
+class _Masked:
+    """An argument whose ``%s`` and ``%r`` both show addresses masked."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return mask(str(self.value))
+
+    def __repr__(self) -> str:
+        return mask(repr(self.value))
 
 
 class JsonFormatter(logging.Formatter):

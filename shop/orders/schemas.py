@@ -7,7 +7,9 @@ OpenAPI schema and bad input is a 422 naming the field, on SQLite and PostgreSQL
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
@@ -16,9 +18,12 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from shop.payments.currencies import MAX_AMOUNT, rule_for
 
@@ -37,6 +42,34 @@ def _plain_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_plain_text)]
+
+# One line of text: no C0 or C1 control characters (line breaks, tabs, escapes, NUL) and
+# no Unicode line or paragraph separators. Names and addresses land verbatim in the
+# plain-text email and the report's CSV, where a line break starts a new header or row.
+ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(value: str) -> str:
+    if _NOT_ONE_LINE.search(value):
+        raise ValueError("must be one line of text, without line breaks or control characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Documented:
+    """States ``pattern`` in the field's JSON schema (the validators enforce it)."""
+
+    pattern: str
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        found = handler(schema)
+        found["pattern"] = self.pattern
+        return found
+
+
+Line = Annotated[Text, AfterValidator(_one_line), _Documented(ONE_LINE)]
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True,
                                        pattern=r"^[A-Za-z0-9._-]+$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -54,10 +87,10 @@ class LineIn(Strict):
 
 
 class AddressIn(Strict):
-    line1: Text = Field(min_length=1, max_length=200)
-    line2: Text | None = Field(default=None, max_length=200)
-    city: Text = Field(min_length=1, max_length=100)
-    postal_code: Text = Field(min_length=1, max_length=20)
+    line1: Line = Field(min_length=1, max_length=200)
+    line2: Line | None = Field(default=None, max_length=200)
+    city: Line = Field(min_length=1, max_length=100)
+    postal_code: Line = Field(min_length=1, max_length=20)
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case")
 
 
@@ -65,7 +98,7 @@ class OrderIn(Strict):
     """A checkout: no prices, the server has them."""
 
     email: Annotated[EmailStr, AfterValidator(_plain_text)] = Field(max_length=320)
-    name: Text = Field(min_length=1, max_length=200)
+    name: Line = Field(min_length=1, max_length=200)
     lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
     payment_method: PaymentMethodId = Field(
         description="the payment provider's payment-method id, e.g. pm_card_visa")
@@ -91,7 +124,7 @@ class ProductOut(BaseModel):
 
 
 class ProductIn(Strict):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Line = Field(min_length=1, max_length=200)
     price: int = Field(ge=0, le=MAX_AMOUNT, strict=True, description="minor units")
     currency: Currency = Field(description="ISO 4217, upper case, one the provider accepts")
     stock: int = Field(ge=0, le=MAX_STOCK, strict=True, description="on-hand units")

@@ -17,6 +17,8 @@ answer may have been lost after the money moved. Callers find out with ``retriev
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,6 +123,7 @@ class ProviderEvent:
 
 
 WEBHOOK_TOLERANCE = 300  # seconds: Stripe's own default
+_EVENT_WORD = re.compile(r"[\x21-\x7e]{1,255}")  # an event's id and type: printable ASCII
 
 
 def verify_event(payload: bytes, signature: str | None, secrets: Sequence[str],
@@ -131,19 +134,39 @@ def verify_event(payload: bytes, signature: str | None, secrets: Sequence[str],
         raise SignatureInvalid("no Stripe-Signature header")
     for secret in secrets:
         try:
-            event = stripe.Webhook.construct_event(payload, signature, secret,
-                                                   tolerance=tolerance)
-            body = event.to_dict()
+            stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
         except stripe.SignatureVerificationError:
             continue
-        # Signed, but not an event's JSON (or nested past what the decoder recurses into).
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise SignatureInvalid(f"the signed body is not an event: {exc}") from exc
-        if not isinstance(body.get("id"), str) or not isinstance(body.get("type"), str):
-            raise SignatureInvalid("the signed body has no event id or type")
-        return ProviderEvent(id=body["id"], type=body["type"],
-                             created=int(body.get("created") or 0), payload=body)
+        except UnicodeDecodeError as exc:
+            raise SignatureInvalid(f"the body is not UTF-8: {exc}") from exc
+        return _event(payload)
     raise SignatureInvalid("no configured secret verifies the signature")
+
+
+def _event(payload: bytes) -> ProviderEvent:
+    """The signed body as the provider sent it, in plain JSON types.
+
+    Not the SDK's event object: that turns Stripe's ``*_decimal`` strings (a price's
+    ``unit_amount_decimal``, at any depth) into ``Decimal``, which no JSON column stores,
+    and the ledger keeps what was signed, not one SDK release's reading of it.
+    """
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    # Signed, but not an event's JSON (or nested past what the decoder recurses into).
+    except (ValueError, RecursionError) as exc:
+        raise SignatureInvalid(f"the signed body is not an event: {exc}") from exc
+    if not isinstance(body, dict) or not all(
+            isinstance(body.get(key), str) and _EVENT_WORD.fullmatch(body[key])
+            for key in ("id", "type")):
+        raise SignatureInvalid("the signed body has no event id or type")
+    created = body.get("created")
+    return ProviderEvent(id=body["id"], type=body["type"],
+                         created=created if isinstance(created, int) else 0, payload=body)
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN`` and ``Infinity`` are not JSON (and PostgreSQL refuses them)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,12 @@
 """Provider webhook events: recorded once by their id, and read for the payment they
 concern.
 
-Verification is ``gateway.verify_event`` (the SDK's ``construct_event``). Recording is
-an insert-once on the event id, in the caller's transaction. Handling happens later,
-in a task, which asks the provider for the PaymentIntent instead of trusting the
-payload or its order of arrival (``shop.orders.provider.events``).
+Verification is ``gateway.verify_event`` (the SDK's ``verify_header``); the payload kept
+is the signed JSON as sent, never the SDK's objects, whose ``Decimal`` fields no JSON
+column stores. Recording is an insert-once on the event id, in the caller's
+transaction. Handling happens later, in a task, which asks the provider for the
+PaymentIntent instead of trusting the payload or its order of arrival
+(``shop.orders.provider.events``).
 """
 
 from __future__ import annotations

@@ -69,8 +69,17 @@ def hours(window: Window) -> list[Hour]:
 
 
 def day_has_ended(day: dt.date, *, timezone: str, now: dt.datetime) -> bool:
-    """Whether the local ``day`` is over at ``now`` (a report of it is final)."""
-    return local_day(day, timezone).end <= now
+    """Whether the local ``day`` is over at ``now`` (a report of it is final).
+
+    Days at the ends of the calendar have bounds that ``datetime`` cannot hold in UTC
+    (``9999-12-31``; ``0001-01-01`` east of UTC): the last ones have not ended at any
+    ``now``, the first ones ended long ago.
+    """
+    try:
+        window = local_day(day, timezone)
+    except OverflowError:
+        return day < now.date()
+    return window.end <= now
 
 
 def latest_due_day(*, now: dt.datetime, timezone: str, report_time: dt.time) -> dt.date:

@@ -7,12 +7,15 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 64 * 1024
 WEBHOOK_BODY = 512 * 1024  # a provider's event can carry a charge with many refunds
+
+Bucket = tuple[float, float]  # a client's tokens, and when they were counted
 
 
 class BodyLimit:
@@ -88,20 +91,40 @@ class CheckoutRateLimit:
     work is done. Nothing is lost: a refused checkout wrote nothing, and the client
     retries it with the same Idempotency-Key.
 
-    The client is the peer address, or the first ``X-Forwarded-For`` address when
-    ``trust_forwarded`` is on (only behind a proxy that sets it). Each API replica
-    counts on its own; a limit across replicas belongs in the load balancer.
+    Who the client is: the peer address, or with ``trust_forwarded`` (only behind proxies
+    that append to ``X-Forwarded-For``) the address the outermost trusted proxy saw. Each
+    proxy appends the address it was called from, so only the right-most entries are
+    written by proxies; anything to their left came from the client and may be forged.
+    With ``trusted_hops`` proxies in front of the API the client is the ``trusted_hops``-th
+    entry from the right; a header with fewer entries did not pass them all, and counts as
+    the peer. Each API replica counts on its own; a limit across replicas belongs in the
+    load balancer.
+
+    At most ``max_clients`` buckets are kept. A bucket that has refilled to ``burst`` is
+    the same as no bucket, so those are forgotten (from the least recently used end: the
+    first bucket there refills at the latest ``burst / rate`` seconds after its last use).
+    Buckets still refilling are never dropped: dropping a limited client's bucket would
+    hand it a fresh burst. While the table is full of them, new clients share one bucket
+    of the same rate and burst, so a flood of addresses slows newcomers down during the
+    flood but resets nobody's limit.
     """
 
     PATH, METHOD = "/v1/orders", "POST"
     MAX_CLIENTS = 10_000
 
-    def __init__(self, app: ASGIApp, rate: float = 50.0, burst: float = 100.0,
-                 trust_forwarded: bool = False) -> None:
+    def __init__(self, app: ASGIApp, *, rate: float = 50.0, burst: float = 100.0,
+                 trust_forwarded: bool = False, trusted_hops: int = 1,
+                 max_clients: int = MAX_CLIENTS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if trusted_hops < 1:
+            raise ValueError("trusted_hops must be at least 1")
         self.app = app
         self.rate, self.burst = rate, burst
-        self.trust_forwarded = trust_forwarded
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.trust_forwarded, self.trusted_hops = trust_forwarded, trusted_hops
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+        self._shared: Bucket = (burst, clock())
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,24 +138,48 @@ class CheckoutRateLimit:
 
     def _client(self, scope: Scope) -> str:
         if self.trust_forwarded:
-            forwarded: bytes = dict(scope.get("headers") or []).get(b"x-forwarded-for", b"")
-            first = forwarded.decode("latin-1").split(",")[0].strip()
-            if first:
-                return first
+            entries = forwarded_for(scope)
+            if len(entries) >= self.trusted_hops:
+                return entries[-self.trusted_hops]
         peer = scope.get("client")
         return str(peer[0]) if peer else "unknown"
 
     def _take(self, client: str) -> float:
         """Spend one token of ``client``'s bucket: 0, or the seconds until one is due."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
-            tokens, then = self._buckets.pop(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-            self._buckets[client] = (tokens - 1 if wait == 0 else tokens, now)
-            while len(self._buckets) > self.MAX_CLIENTS:
-                self._buckets.popitem(last=False)
+            bucket = self._buckets.pop(client, None)
+            if bucket is None:
+                self._forget_refilled(now)
+                if len(self._buckets) >= self.max_clients:
+                    self._shared, wait = self._spend(self._shared, now)
+                    return wait
+                bucket = (self.burst, now)
+            self._buckets[client], wait = self._spend(bucket, now)
         return wait
+
+    def _spend(self, bucket: Bucket, now: float) -> tuple[Bucket, float]:
+        """``bucket`` refilled to ``now`` less one token, and 0; or unspent, and the wait."""
+        tokens, then = bucket
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens >= 1:
+            return (tokens - 1, now), 0.0
+        return (tokens, now), (1 - tokens) / self.rate
+
+    def _forget_refilled(self, now: float) -> None:
+        """Drop the least recently used buckets that have refilled (caller holds the lock)."""
+        while self._buckets:
+            client, (tokens, then) = next(iter(self._buckets.items()))
+            if tokens + (now - then) * self.rate < self.burst:
+                return
+            del self._buckets[client]
+
+
+def forwarded_for(scope: Scope) -> list[str]:
+    """The non-empty ``X-Forwarded-For`` entries, left to right, over every header line."""
+    lines = [value.decode("latin-1") for name, value in scope.get("headers") or []
+             if name.lower() == b"x-forwarded-for"]
+    return [entry.strip() for entry in ",".join(lines).split(",") if entry.strip()]
 
 
 async def _refuse_busy(send: Send, wait: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -95,6 +96,76 @@ def test_bad_input_is_422_naming_the_field_and_writes_nothing(
     assert error["error"] == "validation_failed"
     assert field in [f["field"] for f in error["fields"]], error
     assert snapshot() == before
+
+
+def _address(**fields: str) -> dict[str, Any]:
+    return order_body(shipping_address={**order_body()["shipping_address"], **fields})
+
+
+CONTROL_CHARACTERS: list[tuple[str, dict[str, Any], str]] = [
+    ("a header in the name", order_body(name="Eve\r\nBcc: x@y"), "name"),
+    ("a line feed in the name", order_body(name="Eve\nMallory"), "name"),
+    ("an escape in the name", order_body(name="Eve\x1b[2J"), "name"),
+    ("a NUL in line1", _address(line1="12 Main St\x00"), "shipping_address.line1"),
+    ("an escape in line1", _address(line1="\x1b[31m12 Main St"), "shipping_address.line1"),
+    ("a line feed in line2", _address(line2="Flat 3\nFloor 2"), "shipping_address.line2"),
+    ("a line separator in city", _address(city="Lon\u2028don"), "shipping_address.city"),
+    ("a tab in the postal code", _address(postal_code="SW1Y\t4LB"),
+     "shipping_address.postal_code"),
+    ("a C1 control in the name", order_body(name="Eve\x85Mallory"), "name"),
+    ("DEL in the city", _address(city="London\x7f"), "shipping_address.city"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field"), CONTROL_CHARACTERS,
+                         ids=[case for case, _, _ in CONTROL_CHARACTERS])
+def test_line_breaks_and_control_characters_in_name_or_address_are_422_naming_the_field(
+        client: TestClient, case: str, body: dict[str, Any], field: str) -> None:
+    before = snapshot()
+    response = client.post("/v1/orders", json=body, headers={"Idempotency-Key": "ctl-1"})
+    assert response.status_code == 422, (case, response.text)
+    assert [f["field"] for f in response.json()["fields"]] == [field]
+    assert snapshot() == before
+
+
+NAMES = ["Zoë O'Brien-Łukasiewicz", "山田 太郎", "José Ñúñez", "Nguyễn Thị Minh Khai",
+         "محمد بن سلمان", "Ørjan Ødegård", "Mary-Jane D\u2019Arcy", "Σωκράτης",
+         "Nasrin Mo\u200cini", "Ana 👩\u200d👩\u200d👧"]
+
+
+def test_ordinary_unicode_names_and_addresses_are_stored_as_sent(client: TestClient) -> None:
+    for i, name in enumerate(NAMES):
+        address = {"line1": "東京都港区芝公園 4-2-8", "line2": "Straße 7, 3º andar",
+                   "city": "São Paulo", "postal_code": "01310-100", "country": "BR"}
+        response = client.post("/v1/orders", json=order_body(
+            name=name, shipping_address=address), headers={"Idempotency-Key": f"u-{i}"})
+        assert response.status_code == 202, (name, response.text)
+        assert client.get(response.headers["Location"]).json()["name"] == name
+
+
+@pytest.mark.parametrize("name", ["Mug\r\nBcc: x@y", "Mug\x1b[2J", "Mug\u2029Bowl"])
+def test_a_product_name_that_is_not_one_line_is_422_and_changes_nothing(
+        client: TestClient, name: str) -> None:
+    response = client.put("/admin/products/MUG-BLUE", json={
+        "name": name, "price": 1500, "currency": "USD", "stock": 5},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 422, response.text
+    assert [f["field"] for f in response.json()["fields"]] == ["name"]
+    products = {p["sku"]: p["name"] for p in client.get("/v1/products").json()}
+    assert products["MUG-BLUE"] == "Blue enamel mug"
+
+
+def test_the_schema_states_the_rule_the_api_applies(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    properties = {"name": schemas["OrderIn"]["properties"]["name"],
+                  **{f"shipping_address.{key}": schemas["AddressIn"]["properties"][key]
+                     for key in ("line1", "city", "postal_code")}}
+    line2 = schemas["AddressIn"]["properties"]["line2"]["anyOf"][0]
+    for field, schema in [*properties.items(), ("shipping_address.line2", line2)]:
+        pattern = re.compile(schema["pattern"])
+        assert all(pattern.search(name) for name in NAMES), field
+        assert not any(pattern.search(value) for value in (
+            "Eve\r\nBcc: x@y", "a\x00", "\x1b[2J", "a\u2028b", "a\tb", "a\x85b")), field
 
 
 def test_malformed_json_is_422_not_500(client: TestClient) -> None:

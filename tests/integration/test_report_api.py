@@ -116,6 +116,22 @@ def test_a_day_that_has_not_ended_is_refused_and_nothing_is_stored(client: TestC
     assert client.get(f"/admin/reports/daily/{today}", headers=AUTH).status_code == 404
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati"])
+@pytest.mark.parametrize("day", ["9999-12-31", "9999-12-30", "0001-01-01"])
+def test_days_at_the_ends_of_the_calendar_are_422_naming_the_date(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, timezone: str, day: str) -> None:
+    monkeypatch.setenv("SHOP_TIMEZONE", timezone)
+    get_settings.cache_clear()
+
+    response = client.post("/admin/reports/daily", json={"date": day}, headers=AUTH)
+
+    assert problem(response) == (422, "date", "day_not_over"), response.text
+    for suffix in ("", ".html"):
+        assert client.get(f"/admin/reports/daily/{day}{suffix}", headers=AUTH
+                          ).status_code == 404
+    assert count_rows(DailyReport) == 0
+
+
 def test_a_resend_without_recipients_is_refused(client: TestClient) -> None:
     response = client.post("/admin/reports/daily", json={"date": DAY, "resend": True},
                            headers=AUTH)
@@ -177,6 +193,14 @@ def test_the_command_refuses_a_bad_date_in_one_line(
 
     err = capsys.readouterr().err
     assert err == f"shop report daily: --date must be a day as YYYY-MM-DD, not {value!r}\n"
+
+
+@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01"])
+def test_the_command_refuses_a_day_at_the_ends_of_the_calendar(
+        schema_url: str, day: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "daily", "--date", day]) == 2
+
+    assert capsys.readouterr().err.startswith(f"shop report daily: {day} ")
 
 
 def test_the_command_refuses_a_day_that_has_not_ended(

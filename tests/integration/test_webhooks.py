@@ -29,6 +29,8 @@ from tests.fixtures.webhooks import (
     delivery,
     dispute_event,
     intent_event,
+    invoice_event,
+    price_event,
 )
 
 
@@ -237,6 +239,33 @@ def test_unknown_types_and_unknown_orders_are_recorded_and_left_alone(
     assert handle_all(gateway) == ["ignored", "unknown_order"]
     assert "pi_nobody" in caplog.text
     assert handle_all(gateway) == []  # handled once, never an error loop
+
+
+@pytest.mark.parametrize("payload", [price_event("price.created"), price_event("price.updated"),
+                                     invoice_event("invoice.paid")],
+                         ids=["price.created", "price.updated", "invoice.paid"])
+def test_events_carrying_decimal_strings_are_recorded_as_sent_and_left_alone(
+        hooks: TestClient, gateway: DummyGateway, payload: dict[str, Any]) -> None:
+    response = post(hooks, payload)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True, "duplicate": False}
+    with session_scope() as session:
+        stored = session.get_one(WebhookEvent, payload["id"]).payload
+    assert stored == payload  # "1500" stays the string Stripe sent, nested ones too
+    assert handle_all(gateway) == ["ignored"]
+
+
+@pytest.mark.parametrize("changes", [{"id": "evt_" + "x" * 300}, {"id": "evt_\x00"},
+                                     {"type": "invoice.\ud800"}, {"type": ""}, {"id": 7}],
+                         ids=["long id", "NUL in id", "lone surrogate in type", "empty type",
+                              "numeric id"])
+def test_a_signed_body_whose_id_or_type_no_event_has_is_400_and_records_nothing(
+        hooks: TestClient, changes: dict[str, Any]) -> None:
+    response = post(hooks, {**price_event(), **changes})
+
+    assert response.status_code == 400, response.text
+    assert recorded() == 0
 
 
 def test_abandoned_authentication_is_cancelled_at_the_provider_and_fails(

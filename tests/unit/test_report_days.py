@@ -73,6 +73,15 @@ def test_a_day_has_ended_only_at_its_last_local_midnight() -> None:
     assert day_has_ended(day, timezone="Europe/London", now=utc("2026-03-29 23:00"))
 
 
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati"])
+def test_the_days_at_the_ends_of_the_calendar_have_an_answer_too(timezone: str) -> None:
+    now = utc("2026-03-30 12:00")
+
+    assert not day_has_ended(dt.date.max, timezone=timezone, now=now)
+    assert not day_has_ended(dt.date.max - dt.timedelta(days=1), timezone=timezone, now=now)
+    assert day_has_ended(dt.date.min, timezone=timezone, now=now)
+
 @pytest.mark.parametrize(("now", "due"), [
     ("2026-03-29 23:14", dt.date(2026, 3, 28)),  # 00:14 BST on the 30th: not yet
     ("2026-03-29 23:15", dt.date(2026, 3, 29)),  # 00:15 BST: yesterday is due
