@@ -182,7 +182,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
 
 def served_samples() -> dict[str, set[str]]:
     """Every sample name the shop serves, with its metric's label names."""
-    from shop.migrations import upgrade
+    from shop.migrate import upgrade
 
     upgrade()  # the outbox gauges are read from the database when scraped
     labels = {m._name: set(m._labelnames) for m in vars(metrics).values()
