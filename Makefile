@@ -84,7 +84,7 @@ lock: | $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
 		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o $(LOCK)
 
-$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+$(STAMP): pyproject.toml setup.py $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; \

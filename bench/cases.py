@@ -137,7 +137,7 @@ def naive(bench: Bench, args: argparse.Namespace) -> Result:
 def _shop_stack(bench: Bench, args: argparse.Namespace, *, latency_ms: int,
                 split: bool) -> tuple[str, dict[str, str]]:
     env = base_env(bench, args, latency_ms=latency_ms)
-    if split:  # README "Production": payments on a threads pool, the rest in prefork
+    if split:  # docs/operations.md "Production": payments on a threads pool, the rest in prefork
         bench.start_worker("worker", "shop", env=env, concurrency=args.concurrency,
                            pool=args.pool, queues="orders,notifications,reports")
         bench.start_worker("payments", "shop", concurrency=args.payment_threads,

@@ -81,7 +81,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, url: str) -> None:
     from bench.report_data import fill
-    from shop.migrations import upgrade
+    from shop.migrate import upgrade
 
     upgrade(url)
     today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)

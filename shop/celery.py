@@ -1,6 +1,6 @@
 """The Celery app: queues, routes, reliability settings, broker topology, beat schedule.
 
-Reliability choices (RabbitMQ 3.10 here; see README "Delivery guarantees"):
+Reliability choices (RabbitMQ 3.10 here; see docs/delivery.md):
 - acks_late + reject_on_worker_lost + prefetch 1: a message is acknowledged only
   after its task finished, and a worker killed mid-task gives it back; a task stopped
   by its hard time limit is put back too (``task_acks_on_timeout=False``); a task

@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from shop.config import Settings, redact_url
 from shop.messaging.broker import DEAD_LETTER_EXCHANGE, EVENTS, transport_options
-from shop.migrations import alembic_config
+from shop.migrate import alembic_config
 from shop.notifications.mailer import parse_smtp_url
 
 TIMEOUT = 3.0  # seconds, for each connection the doctor opens

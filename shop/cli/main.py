@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from shop.migrations import upgrade
+    from shop.migrate import upgrade
 
     upgrade()
     print("database is at the latest schema")

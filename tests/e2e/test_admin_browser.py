@@ -2,7 +2,7 @@
 against the API served by uvicorn, with real workers on RabbitMQ and PostgreSQL and the
 dummy payment provider (faults injected at its boundary).
 
-``SHOP_TEST_SCREENSHOTS=docs`` also writes the screenshots the README shows.
+``SHOP_TEST_SCREENSHOTS=docs`` also writes the screenshots docs/admin.md shows.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 def report_stack(pg_url: str, vhost_url: str, smtp_server: SmtpServer, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The shop on real services; the report is due at 00:00 UTC, so by now, always."""
-    from shop.migrations import upgrade
+    from shop.migrate import upgrade
 
     env_vars = {
         "SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,

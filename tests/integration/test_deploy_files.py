@@ -135,6 +135,52 @@ def test_the_image_is_multi_stage_non_root_and_installs_from_the_lock() -> None:
     assert user.split(":")[0] not in ("root", "0")
 
 
+def dockerfile_stages() -> list[str]:
+    """Each stage of the Dockerfile, its continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    return re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+
+
+def test_the_image_builds_the_wheel_with_its_migrations() -> None:
+    """``shop migrate`` in the image reads the scripts the wheel carries: the build stage
+    copies every file that makes the wheel (tests/integration/test_wheel_install.py)."""
+    build, _ = dockerfile_stages()
+    copied = {src for line in re.findall(r"^COPY (?!--)(.+) \S+$", build, re.MULTILINE)
+              for src in line.split()}
+    assert {"pyproject.toml", "setup.py", "README.md", "alembic", "shop"} <= copied
+
+
+def test_alembic_upgrade_head_works_in_the_image(tmp_path: Path) -> None:
+    """``docker run --rm shop alembic upgrade head``, without Docker: the runtime stage's
+    COPY lines from the build context are replayed under ``tmp_path``, and ``alembic``
+    runs from its WORKDIR with its ALEMBIC_CONFIG (the shop comes from this venv, as it
+    comes from /opt/shop in the image)."""
+    _, runtime = dockerfile_stages()
+    image = tmp_path / "image"
+    for src, dest in re.findall(r"^COPY (?!--)(\S+) (\S+)$", runtime, re.MULTILINE):
+        target = image / dest.lstrip("/")
+        if dest.endswith("/"):
+            target /= Path(src).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / src).is_dir():
+            shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / src, target)
+    [config] = re.findall(r"\bALEMBIC_CONFIG=(\S+)", runtime)
+    [workdir] = re.findall(r"^WORKDIR (\S+)$", runtime, re.MULTILINE)
+    (image / workdir.lstrip("/")).mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    env |= {"ALEMBIC_CONFIG": str(image / config.lstrip("/")),
+            "SHOP_DATABASE_URL": f"sqlite:///{tmp_path}/image.sqlite3"}
+
+    done = subprocess.run([str(BIN / "alembic"), "upgrade", "head"],
+                          cwd=image / workdir.lstrip("/"), env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert "Running upgrade  -> 0001" in done.stderr
+
+
 # --- systemd ---------------------------------------------------------------------------
 
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
@@ -183,7 +229,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
 
 def served_samples() -> dict[str, set[str]]:
     """Every sample name the shop serves, with its metric's label names."""
-    from shop.migrations import upgrade
+    from shop.migrate import upgrade
 
     upgrade()  # the outbox gauges are read from the database when scraped
     labels = {m._name: set(m._labelnames) for m in vars(metrics).values()

@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection
 
 from shop.messaging.broker import declare_topology
-from shop.migrations import upgrade
+from shop.migrate import upgrade
 from tests.fixtures.smtp import free_port
 
 SECRET = "d0ct0r-never-prints-this"

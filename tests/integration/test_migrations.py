@@ -22,7 +22,12 @@ from sqlalchemy.schema import CreateTable
 
 from shop.config import get_settings
 from shop.db import build_engine
-from shop.migrations import alembic_config, downgrade, pending_differences, upgrade
+from shop.migrate import (
+    alembic_config,
+    downgrade,
+    pending_differences,
+    upgrade,
+)
 from shop.models import Base, Product
 from tests.factories import bound_to
 from tests.factories.orders import ProductFactory
@@ -177,6 +182,37 @@ def test_alembic_command_line_reads_settings(
     assert result.returncode == 0, result.stderr
     assert "Running upgrade  -> 0001" in result.stderr
     assert table_names(engine) == MODEL_TABLES | {"alembic_version"}
+
+
+def test_alembic_upgrade_head_from_the_repository_root(
+    db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a developer types in a checkout: ``alembic.ini`` and ``alembic/`` found there."""
+    monkeypatch.setenv("SHOP_DATABASE_URL", db_url)
+
+    def alembic(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(Path(sys.executable).parent / "alembic"), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    upgraded = alembic("upgrade", "head")
+    current = alembic("current")
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "Running upgrade  -> 0001" in upgraded.stderr
+    assert current.returncode == 0, current.stderr
+    assert f"{head_revision()} (head)" in current.stdout
+    assert current_revision(engine) == head_revision()
+    assert pending_differences(db_url) == []
+    assert table_names(engine) == MODEL_TABLES | {"alembic_version"}
+
+
+def test_the_scripts_are_the_repository_alembic_directory() -> None:
+    assert alembic_config().get_main_option("script_location") == str(REPO / "alembic")
+    assert (REPO / "alembic" / "script.py.mako").is_file()
+    assert not (REPO / "alembic" / "__init__.py").exists()  # it would hide the alembic library
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "alembic.ini")
+    assert parser.get("alembic", "script_location", raw=True) == "%(here)s/alembic"
 
 
 @contextmanager

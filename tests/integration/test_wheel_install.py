@@ -1,4 +1,5 @@
-"""``shop migrate`` from a wheel: the migration scripts ship inside the package.
+"""``shop migrate`` from a wheel: the migration scripts (the repository's ``alembic/``)
+ship inside the package, as ``shop/_alembic/``.
 
 The wheel is built from a copy of the sources (setuptools would otherwise leave
 ``build/`` in the checkout, and pack whatever stale files it holds) and installed
@@ -23,7 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from shop.migrations import alembic_config
+from shop.migrate import alembic_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,9 +53,10 @@ def run_checked(*args: str | Path) -> None:
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
-    shutil.copytree(REPO / "shop", src / "shop",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("pyproject.toml", "README.md"):
+    for directory in ("shop", "alembic"):
+        shutil.copytree(REPO / directory, src / directory,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, src / name)
     run_checked(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
                 "--wheel-dir", root / "dist", src)
@@ -77,15 +79,17 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
 
 
 def test_the_fresh_venv_imports_shop_from_the_wheel(fresh_venv: FreshVenv) -> None:
-    result = fresh_venv.run(str(fresh_venv.bin / "python"), "-c",
-                            "import shop, shop.migrations as m; print(shop.__file__, m.__file__)")
+    result = fresh_venv.run(str(fresh_venv.bin / "python"), "-c", "import shop, shop.migrate as m; "
+                            "print(shop.__file__, m.SCRIPT_LOCATION)")
 
     assert result.returncode == 0, result.stderr
-    shop_file, migrations_file = map(Path, result.stdout.split())
+    shop_file, scripts = map(Path, result.stdout.split())
     assert shop_file == fresh_venv.site_packages / "shop" / "__init__.py"
-    assert migrations_file.parent == fresh_venv.site_packages / "shop" / "migrations"
-    assert (migrations_file.parent / "script.py.mako").is_file()
-    assert list((migrations_file.parent / "versions").glob("*.py"))
+    assert scripts == fresh_venv.site_packages / "shop" / "_alembic"
+    assert (scripts / "env.py").is_file()
+    assert (scripts / "script.py.mako").is_file()
+    assert sorted(p.name for p in (scripts / "versions").glob("*.py")) == sorted(
+        p.name for p in (REPO / "alembic" / "versions").glob("*.py"))
 
 
 def test_shop_migrate_from_a_wheel_brings_an_empty_database_to_head(

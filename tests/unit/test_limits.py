@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from shop.config import get_settings
-from shop.limits import CheckoutRateLimit
+from shop.web.limits import CheckoutRateLimit
 
 SLOW = 0.001  # tokens a second: nothing refills while a test runs
 

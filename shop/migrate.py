@@ -1,15 +1,16 @@
 """The database schema through Alembic: upgrade, downgrade, and drift checks.
 
-This package holds the migration scripts (``env.py``, ``script.py.mako``,
-``versions/``) and the helpers around them. ``shop migrate`` and the tests call
-these; ``env.py`` takes its engine and its comparison options from here too, so
-``alembic upgrade head`` and :func:`pending_differences` judge the schema the
-same way.
+The migration scripts (``env.py``, ``script.py.mako``, ``versions/``) live in
+``alembic/`` at the repository root; this module holds the helpers around them.
+``shop migrate`` and the tests call these; ``env.py`` takes its engine and its
+comparison options from here too, so ``alembic upgrade head`` and
+:func:`pending_differences` judge the schema the same way.
 
-The scripts are found through this package, never through a source checkout, so
-``shop migrate`` works from a wheel. ``alembic.ini`` in the repository root is
-only for the ``alembic`` command line (writing revisions); its
-``script_location`` points here.
+A wheel carries ``alembic/`` as ``shop/_alembic/`` (``setup.py`` maps it), so
+``shop migrate`` works without a checkout; in a checkout (an editable install)
+the scripts are read from ``alembic/`` itself. ``alembic.ini`` in the
+repository root is only for the ``alembic`` command line; its
+``script_location`` is ``alembic/``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,22 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+import shop
 from shop.models import Base
 
-# env.py, script.py.mako and versions/ sit next to this file, installed or not.
-SCRIPT_LOCATION = Path(__file__).resolve().parent
+
+def _script_location() -> Path:
+    """``shop/_alembic/`` in a wheel, else the checkout's ``alembic/`` beside ``shop/``."""
+    package = Path(shop.__file__).resolve().parent
+    packaged = package / "_alembic"
+    checkout = package.parent / "alembic"
+    if not packaged.is_dir() and (package.parent / "alembic.ini").is_file():
+        return checkout
+    return packaged
+
+
+# env.py, script.py.mako and versions/, installed from a wheel or not.
+SCRIPT_LOCATION = _script_location()
 
 # Any constant will do; every process migrating PostgreSQL takes this lock first.
 _PG_MIGRATION_LOCK = int.from_bytes(b"shop.mig", "big")

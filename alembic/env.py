@@ -3,12 +3,12 @@
 Where the URL comes from, first match wins:
 
 1. ``alembic -x url=postgresql+psycopg://...``
-2. ``config.attributes["url"]``, set by ``shop.migrations.alembic_config(url)``
+2. ``config.attributes["url"]``, set by ``shop.migrate.alembic_config(url)``
 3. ``config.attributes["connection"]``: an open connection to run on (the caller
    owns it and its transaction)
 4. ``SHOP_DATABASE_URL`` (or ``.env``) through ``shop.config.get_settings()``
 
-Engines, comparison options and rendering come from ``shop.migrations`` so that the
+Engines, comparison options and rendering come from ``shop.migrate`` so that the
 ``alembic`` command, ``shop migrate`` and the drift test agree.
 """
 
@@ -20,7 +20,7 @@ from alembic import context
 from sqlalchemy.engine import Connection, make_url
 
 from shop.config import get_settings
-from shop.migrations import context_options, lock_for_migration, migration_engine
+from shop.migrate import context_options, lock_for_migration, migration_engine
 
 config = context.config
 
