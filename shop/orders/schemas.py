@@ -234,6 +234,21 @@ class AttemptOut(BaseModel):
     created_at: dt.datetime
 
 
+class LedgerOut(BaseModel):
+    """The money of one payment attempt, in minor units of ``currency``."""
+
+    attempt: int
+    reference: str | None
+    currency: str
+    authorized: int = Field(description="held at the provider for this attempt at some point")
+    captured: int
+    refunded: int
+    disputed: int = Field(description="held by an open dispute")
+    held: int = Field(description="authorized and neither captured nor released yet")
+    verified_at: dt.datetime | None = Field(
+        description="when reconciliation last found the provider agreeing, to the cent")
+
+
 class NotificationOut(BaseModel):
     kind: str
     status: str
@@ -266,9 +281,15 @@ class AdminOrderDetail(AdminOrderOut):
     shipping_address: dict[str, Any]
     events: list[AdminEventOut]
     attempts: list[AttemptOut]
+    ledger: list[LedgerOut]
     notifications: list[NotificationOut]
     fulfillment: FulfillmentDetailOut | None
     webhooks: list[WebhookOut]
+
+
+class ResolvedOut(BaseModel):
+    id: uuid.UUID
+    resolved: list[str] = Field(description="the attention kinds marked handled")
 
 
 class QueuedOut(BaseModel):

@@ -69,6 +69,8 @@ class Payment(Base):
     decline_code: Mapped[str | None] = mapped_column(String(64))
     amount_captured: Mapped[int] = mapped_column(BigInteger, default=0)
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_disputed: Mapped[int] = mapped_column(BigInteger, default=0)  # held in open disputes
+    verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # ledger = provider
     captured_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

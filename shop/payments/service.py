@@ -266,22 +266,6 @@ def release(*, payment: Payment, gateway: PaymentGateway) -> Result:
     return result
 
 
-def release_orphan(*, state: IntentState, gateway: PaymentGateway) -> IntentState:
-    """Cancel or refund an intent the shop created but never recorded (a create whose
-    answer was lost); there is no payment row for it. Returns the intent as it ends."""
-    key = f"orphan:{state.reference}"
-    if state.status.cancellable:
-        try:
-            return gateway.cancel(state.reference, idempotency_key=f"{key}:cancel")
-        except PaymentProviderError:
-            state = gateway.retrieve(state.reference)
-    remaining = state.amount_received - state.amount_refunded
-    if state.status is IntentStatus.SUCCEEDED and remaining > 0:
-        gateway.refund(state.reference, amount=remaining, idempotency_key=f"{key}:refund")
-        state = gateway.retrieve(state.reference)
-    return state
-
-
 def holds_money(state: IntentState) -> bool:
     """Whether an intent holds or took money that nobody gave back (or may, on 3-D Secure)."""
     return state.status in (IntentStatus.REQUIRES_CAPTURE, IntentStatus.REQUIRES_ACTION,
@@ -363,6 +347,7 @@ def record(session: Session, *, result: Result, payment: Payment | None = None) 
         payment.last_error = result.detail or payment.last_error
     if result.client_secret is not None:
         payment.client_secret = result.client_secret
+    payment.verified_at = None  # what changed is checked against the provider again
     if result.captured:
         payment.amount_captured = max(payment.amount_captured, result.captured)
         payment.captured_at = payment.captured_at or utcnow()
@@ -389,3 +374,57 @@ def _add_refund(session: Session, *, payment: Payment, total: int) -> None:
 def unsettled(payment: Payment) -> bool:
     """Whether the attempt may still hold money at the provider."""
     return PaymentStatus(payment.status) not in SETTLED and payment.reference is not None
+
+
+def record_dispute(session: Session, *, payment: Payment, amount: int) -> None:
+    """The amount an open dispute holds on the attempt (0 once it closed; the caller
+    commits). A lost dispute's money shows as refunded by the provider's next answer."""
+    payment.amount_disputed = max(0, amount)
+    payment.verified_at = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCheck:
+    """The shop's ledger of one attempt against what the provider says, to the cent."""
+
+    reference: str
+    currency: str
+    ours: tuple[int, int]  # captured, refunded
+    theirs: tuple[int, int]
+
+    @property
+    def agrees(self) -> bool:
+        return self.ours == self.theirs
+
+    def describe(self) -> str:
+        return (f"intent {self.reference}: the shop's ledger has captured {self.ours[0]}, "
+                f"refunded {self.ours[1]} {self.currency}; the provider has captured "
+                f"{self.theirs[0]}, refunded {self.theirs[1]} {self.currency}")
+
+
+def check_ledger(*, payment: Payment, gateway: PaymentGateway) -> LedgerCheck | None:
+    """Compare the attempt's ledger with the provider (no writes); None without an intent."""
+    if payment.reference is None:
+        return None
+    state = gateway.retrieve(payment.reference)
+    return LedgerCheck(reference=payment.reference, currency=payment.currency.upper(),
+                       ours=(payment.amount_captured, payment.amount_refunded),
+                       theirs=(state.amount_received, state.amount_refunded))
+
+
+def mark_verified(session: Session, *, payment: Payment) -> None:
+    """The provider agreed with the ledger just now (the caller commits)."""
+    payment.verified_at = utcnow()
+
+
+def unverified(session: Session, *, settled_before: dt.datetime, limit: int) -> list[int]:
+    """Attempts whose ledger changed since the provider last agreed with it."""
+    return list(session.scalars(
+        select(Payment.id).where(Payment.verified_at.is_(None), Payment.reference.is_not(None),
+                                 Payment.status.in_(VERIFIABLE),
+                                 Payment.updated_at < settled_before)
+        .order_by(Payment.updated_at).limit(limit)))
+
+
+VERIFIABLE = [PaymentStatus.CAPTURED, PaymentStatus.REFUNDED, PaymentStatus.PARTIALLY_REFUNDED,
+              PaymentStatus.VOIDED]

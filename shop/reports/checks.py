@@ -15,8 +15,9 @@ from sqlalchemy import Select, exists, func, literal, select
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from shop.notifications.models import Notification
 from shop.orders.attention import Kind
-from shop.orders.models import Attention, Order, Product
+from shop.orders.models import Attention, FulfillmentRequest, Order, Product
 from shop.orders.states import OrderStatus, Stage
 from shop.payments.models import Payment, PaymentStatus
 
@@ -36,7 +37,14 @@ CHECKS: dict[str, str] = {
     "stale_authorizations": "Authorization older than 5 days, not captured",
     "stuck_orders": "Order in flight, not moved for 2 hours",
     "paid_followup_failed": "Paid order whose confirmation email or fulfillment failed",
+    "paid_followup_missing": "Paid order with no confirmation email sent or no warehouse "
+                             "request, and no flag, 2 hours after confirmation",
+    "money_needs_a_person": "Money the shop's ledger and the provider disagree on, a payment "
+                            "the shop did not create, or one the provider refuses to show",
 }
+CONFIRMATION_KIND = "order_confirmation"  # the confirmation email's ledger kind
+PERSON_KINDS = [Kind.LEDGER_MISMATCH.value, Kind.UNRECOGNIZED_PAYMENT.value,
+                Kind.PROVIDER_ERROR.value]
 
 
 def low_stock(session: Session, *, below: int) -> dict[str, Any]:
@@ -59,6 +67,8 @@ def consistency(session: Session, *, now: dt.datetime) -> dict[str, dict[str, An
         "stale_authorizations": _stale_authorizations(now - STALE_AUTHORIZATION),
         "stuck_orders": _stuck_orders(now - STUCK_AFTER),
         "paid_followup_failed": _paid_followup_failed(),
+        "paid_followup_missing": _paid_followup_missing(now - STUCK_AFTER),
+        "money_needs_a_person": _money_needs_a_person(),
     }
     return {name: _run(session, query) for name, query in queries.items()}
 
@@ -123,3 +133,25 @@ def _paid_followup_failed() -> Select[*tuple[Any, ...]]:
             .where(Attention.kind.in_([Kind.EMAIL_FAILED.value, Kind.FULFILLMENT_FAILED.value]),
                    Attention.resolved_at.is_(None),
                    Order.status == OrderStatus.CONFIRMED.value))
+
+
+def _paid_followup_missing(before: dt.datetime) -> Select[*tuple[Any, ...]]:
+    """However old: a confirmed order whose email or warehouse request never happened and
+    that no flag shows (the sweeper's give-up flags it; this catches what slips past)."""
+    emailed = exists().where(Notification.order_id == Order.id,
+                             Notification.kind == CONFIRMATION_KIND,
+                             Notification.status == "sent")
+    requested = exists().where(FulfillmentRequest.order_id == Order.id)
+    flagged = exists().where(Attention.order_id == Order.id, Attention.resolved_at.is_(None),
+                             Attention.kind.in_([Kind.EMAIL_FAILED.value,
+                                                 Kind.FULFILLMENT_FAILED.value]))
+    return (_columns(Order.updated_at, literal("no email or no warehouse request"))
+            .where(Order.status == OrderStatus.CONFIRMED.value, Order.updated_at < before,
+                   ~(emailed & requested), ~flagged))
+
+
+def _money_needs_a_person() -> Select[*tuple[Any, ...]]:
+    """Open items about money a person must look at, with their amounts."""
+    return (_columns(Attention.created_at, Attention.message)
+            .join(Attention, Attention.order_id == Order.id)
+            .where(Attention.kind.in_(PERSON_KINDS), Attention.resolved_at.is_(None)))

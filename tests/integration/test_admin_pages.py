@@ -9,11 +9,9 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from httpx import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,42 +21,28 @@ from shop.messaging.models import OutboxMessage
 from shop.orders import attention
 from shop.orders.admin.pages import local_midnight
 from shop.orders.models import Order
-from shop.orders.states import Stage, Step
-from shop.orders.workflow import flow as workflow
+from shop.orders.states import Stage
 from shop.orders.workflow.table import TaskName
-from shop.payments.models import Payment, PaymentStatus
+from shop.payments.models import Payment
 from shop.web import csrf
 from tests.factories.orders import OrderFactory
-from tests.factories.payments import PaymentFactory
+from tests.fixtures.admin_pages import (
+    AUTH,
+    confirm_and_post,
+    confirmed_order,
+    failed_order,
+    token_in,
+)
 from tests.fixtures.api import ADMIN_TOKEN
 
-AUTH = ("alice", ADMIN_TOKEN)
 SCRIPT_NAME = "<script>alert(1)</script>"
 ESCAPED_NAME = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 
 # --- rows, built with the factories and the workflow's own functions ---------------------
 
-def failed_order(session: Session, **overrides: Any) -> Order:
-    """An order whose payment step ran out of attempts: ``payment_unavailable``."""
-    order = OrderFactory(stage=Stage.IN_STOCK, **overrides)
-    PaymentFactory(order=order, reference=f"pi_dummy_{uuid.uuid4().hex[:12]}",
-                   status=PaymentStatus.FAILED, last_error="provider answered 503")
-    workflow.fail(session, order=order, step=Step.PAYMENT, reason="payment_unavailable",
-                  error="PaymentTransientError: 503 Service Unavailable")
-    session.commit()
-    return order
 
 
-def confirmed_order(session: Session, *flags: attention.Kind, **overrides: Any) -> Order:
-    """A paid order, with ``flags`` open on it."""
-    order = OrderFactory(stage=Stage.CONFIRMED, **overrides)
-    PaymentFactory(order=order, reference=f"pi_dummy_{uuid.uuid4().hex[:12]}",
-                   status=PaymentStatus.CAPTURED, amount_captured=order.total)
-    for kind in flags:
-        attention.flag(session, order_id=order.id, kind=kind, message=f"{kind}: for good")
-    session.commit()
-    return order
 
 
 def fresh(order_id: uuid.UUID) -> Order:
@@ -75,21 +59,8 @@ def outbox_names() -> list[str]:
         return list(session.scalars(select(OutboxMessage.name)))
 
 
-def token_in(page: Response) -> str:
-    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
-    assert found, page.text
-    return found.group(1)
 
 
-def confirm_and_post(client: TestClient, order_id: uuid.UUID, action: str,
-                     **headers: str) -> Response:
-    """Open the confirmation page, then send its form as the browser would."""
-    asked = client.get(f"/admin/pages/orders/{order_id}/{action}", auth=AUTH)
-    assert asked.status_code == 200, asked.text
-    sent_from = headers or {"Origin": "http://testserver"}
-    return client.post(f"/admin/pages/orders/{order_id}/{action}", auth=AUTH,
-                       data={"csrf": token_in(asked)}, follow_redirects=False,
-                       headers=sent_from)
 
 
 def section(html: str, key: str) -> str:

@@ -157,3 +157,31 @@ def test_the_root_holds_only_entry_points_and_the_ground_floor() -> None:
     loose = sorted(p.name for p in SHOP.glob("*.py"))
     assert loose == ["__init__.py", "__main__.py", "api.py", "celery.py", "config.py", "db.py",
                      "exceptions.py", "logs.py", "metrics.py", "migrate.py", "models.py"]
+
+
+MONEY_MOVES = {"authorize", "capture", "release", "cancel", "adopt", "record",
+               "record_dispute", "mark_verified"}
+PROVIDER_WRITES = {"create_intent", "confirm", "capture", "cancel", "refund"}
+
+
+def test_one_convergence_path_writes_payment_state_and_moves_money() -> None:
+    """Outside ``orders/provider/converge.py`` nothing calls the payments domain's
+    writers (``payments.record``, the one writer of payment state) or the calls that move
+    money (authorize, capture, release, cancel); and only ``payments/service.py`` calls
+    the gateway's methods that change an intent."""
+    callers: set[str] = set()
+    gateway_writers: set[str] = set()
+    for path, tree in modules():
+        where = str(path.relative_to(SHOP))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            if (isinstance(target, ast.Name) and target.id == "payments"
+                    and node.func.attr in MONEY_MOVES):
+                callers.add(where)
+            if (isinstance(target, ast.Name) and target.id == "gateway"
+                    and node.func.attr in PROVIDER_WRITES):
+                gateway_writers.add(where)
+    assert callers == {"orders/provider/converge.py"}
+    assert gateway_writers <= {"payments/service.py"}, gateway_writers

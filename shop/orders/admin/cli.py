@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shop.db import session_scope
+from shop.orders import attention
 from shop.orders.admin import service as admin_service
 from shop.orders.queries import OrderNotFound
 from shop.orders.schemas import AdminOrderOut
@@ -28,7 +29,7 @@ class CommandError(Exception):
 
 
 def register(sub: Any) -> None:
-    """Add ``orders list|show|retry|cancel`` to the ``shop`` parser."""
+    """Add ``orders list|show|retry|cancel|resolve`` to the ``shop`` parser."""
     orders = sub.add_parser("orders", help="find, show, retry and cancel orders")
     verbs = orders.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="orders newest first")
@@ -53,6 +54,11 @@ def register(sub: Any) -> None:
     cancel = verbs.add_parser("cancel", help="cancel an order, releasing stock and payment")
     cancel.add_argument("id")
     cancel.set_defaults(run=_guarded(_cancel))
+    resolve = verbs.add_parser("resolve", help="mark what needs attention on an order handled")
+    resolve.add_argument("id")
+    resolve.add_argument("--kind", choices=[kind.value for kind in attention.Kind],
+                         help="only this kind of item (default: every open one)")
+    resolve.set_defaults(run=_guarded(_resolve))
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -91,6 +97,14 @@ def _show(args: argparse.Namespace) -> int:
     with session_scope() as session:
         detail = admin_service.order_detail(session, order_id=_order_id(args.id))
     print(table([detail]))
+    if detail.ledger:
+        print("  ledger (minor units):  attempt  reference  authorized  held  captured  "
+              "refunded  disputed  provider agreed")
+        for m in detail.ledger:
+            agreed = f"{m.verified_at:%Y-%m-%d %H:%M:%S}" if m.verified_at else "not yet checked"
+            print(f"    {m.attempt}  {shown(m.reference or '-')}  {m.currency}  "
+                  f"{m.authorized}  {m.held}  {m.captured}  {m.refunded}  {m.disputed}  "
+                  f"{agreed}")
     for event in detail.events:
         who = f"  by {shown(event.actor)}" if event.actor else ""
         print(f"  {event.at:%Y-%m-%d %H:%M:%S}  {shown(event.type)}{who}  "
@@ -118,6 +132,15 @@ def _cancel(args: argparse.Namespace) -> int:
     with session_scope() as session:
         order = admin_service.cancel(session, order_id=_order_id(args.id), actor=ACTOR)
         print(f"order {order.id} cancelled; stock released, payment being released")
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    kind = attention.Kind(args.kind) if args.kind else None
+    with session_scope() as session:
+        kinds = admin_service.resolve(session, order_id=_order_id(args.id), actor=ACTOR,
+                                      kind=kind)
+    print(f"order {args.id}: marked handled: {', '.join(kinds)}")
     return 0
 
 

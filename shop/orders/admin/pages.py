@@ -56,6 +56,7 @@ class Action(StrEnum):
     CANCEL = "cancel"
     RESEND_EMAIL = "resend-email"
     REQUEST_FULFILLMENT = "request-fulfillment"
+    RESOLVE = "resolve"
 
     @property
     def label(self) -> str:
@@ -101,6 +102,13 @@ _TEXTS: dict[Action, tuple[str, str, str, str]] = {
         "recorded is not made twice: the warehouse sees one message id per order.",
         "Only a confirmed order whose fulfillment request failed for good.",
         "Fulfillment request queued."),
+    Action.RESOLVE: (
+        "Mark handled",
+        "Every item under Needs attention is marked handled by you, and the timeline says "
+        "so. Nothing else changes: no money moves and no message is sent. Use it once you "
+        "have dealt with what the items say.",
+        "Only an order with something under Needs attention.",
+        "Marked handled."),
 }
 _RESENDS = {Action.RESEND_EMAIL: TaskName.SEND_CONFIRMATION,
             Action.REQUEST_FULFILLMENT: TaskName.REQUEST_FULFILLMENT}
@@ -114,6 +122,7 @@ def available(order: AdminOrderOut) -> list[Action]:
         Action.RETRY: order.status == OrderStatus.FAILED,
         Action.RESEND_EMAIL: confirmed and Kind.EMAIL_FAILED in kinds,
         Action.REQUEST_FULFILLMENT: confirmed and Kind.FULFILLMENT_FAILED in kinds,
+        Action.RESOLVE: bool(kinds),
         Action.CANCEL: order.status != OrderStatus.CANCELLED,
     }
     return [action for action, show in shown.items() if show]
@@ -292,6 +301,8 @@ def _perform(session: Session, action: Action, *, order_id: uuid.UUID, actor: st
         admin_service.retry(session, order_id=order_id, actor=actor)
     elif action is Action.CANCEL:
         admin_service.cancel(session, order_id=order_id, actor=actor)
+    elif action is Action.RESOLVE:
+        admin_service.resolve(session, order_id=order_id, actor=actor)
     else:
         admin_service.resend(session, order_id=order_id, actor=actor, what=_RESENDS[action])
 
@@ -314,8 +325,9 @@ def _uuid(text: str) -> uuid.UUID:
 
 def _action(text: str) -> Action:
     if text not in set(Action):
-        raise PageError(404, "No such action", "Orders can be retried, cancelled, or have "
-                                               "their email or warehouse request sent again.",
+        raise PageError(404, "No such action", "Orders can be retried, cancelled, have "
+                                               "their email or warehouse request sent again, "
+                                               "or be marked handled.",
                         back=HOME)
     return Action(text)
 

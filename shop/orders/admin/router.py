@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
-from shop.orders import service
+from shop.orders import attention, service
 from shop.orders.admin import service as admin_service
 from shop.orders.queries import OrderNotFound
 from shop.orders.schemas import (
@@ -20,6 +20,7 @@ from shop.orders.schemas import (
     ProductIn,
     ProductOut,
     QueuedOut,
+    ResolvedOut,
 )
 from shop.orders.workflow.table import TaskName
 from shop.web.deps import AdminDep, SessionDep
@@ -116,6 +117,16 @@ def request_fulfillment(order_id: OrderPath, session: SessionDep,
         order = admin_service.resend(session, order_id=order_id, actor=actor,
                                      what=TaskName.REQUEST_FULFILLMENT)
     return QueuedOut(id=order.id, status=order.status, queued="request_fulfillment")
+
+
+@router.post("/orders/{order_id}/attention/{kind}/resolve", response_model=ResolvedOut,
+             responses={**CONFLICT, **NOT_FOUND})
+def resolve_attention(order_id: OrderPath, kind: attention.Kind, session: SessionDep,
+                      actor: AdminDep) -> ResolvedOut:
+    """Mark an attention item handled (``all`` is not a kind: name the one you handled)."""
+    with _mapped(order_id):
+        kinds = admin_service.resolve(session, order_id=order_id, actor=actor, kind=kind)
+    return ResolvedOut(id=order_id, resolved=kinds)
 
 
 @contextmanager

@@ -122,6 +122,9 @@ def retry(session: Session, *, order_id: uuid.UUID, actor: str) -> Order:
                                          attempt=order.payment_attempt)
             if last is not None and PaymentStatus(last.status) in DEFINITELY_FAILED:
                 order.payment_attempt += 1
+            else:  # the order counts on that attempt again: its release is moot
+                attention.resolve(session, order_id=order.id, kind=attention.Kind.RELEASE_FAILED,
+                                  order=order, why="the order was retried with this payment")
         previous = {"step": order.failure_step, "reason": order.failure_reason,
                     "attempt": order.payment_attempt}
         advance(session, order=order, event=event, detail={"by": actor},
@@ -175,6 +178,25 @@ def resend(session: Session, *, order_id: uuid.UUID, actor: str, what: TaskName)
         return order
 
 
+def resolve(session: Session, *, order_id: uuid.UUID, actor: str,
+            kind: attention.Kind | None = None) -> list[str]:
+    """A person marks what needs attention on the order as handled (one kind, or all).
+
+    Every kind of item can be resolved this way; the timeline says who did it. Each
+    also closes by itself when its cause is gone (and says so there).
+    """
+    with _held(session, order_id=order_id, actor=actor) as order:
+        kinds = [item.kind for item in attention.open_items(session, order_id=order.id)
+                 if kind is None or item.kind == kind.value]
+        if not kinds:
+            raise OrderConflict(f"order {order_id} has no open "
+                                f"{kind.value if kind else 'attention'} item")
+        for name in kinds:
+            attention.resolve(session, order_id=order.id, kind=attention.Kind(name),
+                              order=order, actor=actor, why=f"marked handled by {actor}")
+        return kinds
+
+
 @contextmanager
 def _held(session: Session, *, order_id: uuid.UUID, actor: str) -> Iterator[Order]:
     """The order, under its lease, for one admin action; committed on success, the lease
@@ -187,6 +209,7 @@ def _held(session: Session, *, order_id: uuid.UUID, actor: str) -> Iterator[Orde
     except BusyError:
         raise OrderConflict(f"order {order_id} is busy; try again in a moment") from None
     try:
+        session.expire_all()  # the lease was taken by a statement: read the row as it is now
         order = load(session, order_id=order_id)
         if order is None:
             raise InvariantBroken("order is missing")

@@ -21,6 +21,7 @@ from shop.orders.schemas import (
     AttemptOut,
     AttentionOut,
     FulfillmentDetailOut,
+    LedgerOut,
     LineOut,
     NotificationOut,
     PaymentOut,
@@ -63,8 +64,8 @@ def _summary(order: Order, flags: list[AttentionOut], payment: Payment | None) -
 
 def detail_view(session: Session, *, order: Order) -> AdminOrderDetail:
     [summary] = summary_views(session, orders=[order])
-    attempts = session.scalars(select(Payment).where(Payment.order_id == order.id)
-                               .order_by(Payment.attempt))
+    attempts = list(session.scalars(select(Payment).where(Payment.order_id == order.id)
+                                    .order_by(Payment.attempt)))
     notes = session.scalars(select(Notification).where(Notification.order_id == order.id)
                             .order_by(Notification.created_at))
     request = session.scalar(select(FulfillmentRequest).where(
@@ -84,6 +85,7 @@ def detail_view(session: Session, *, order: Order) -> AdminOrderDetail:
             amount_captured=p.amount_captured, amount_refunded=p.amount_refunded,
             decline_code=p.decline_code, last_error=p.last_error, created_at=p.created_at)
             for p in attempts],
+        ledger=[ledger_line(p) for p in attempts],
         notifications=[NotificationOut(kind=n.kind, status=n.status, attempts=n.attempts,
                                        message_id=n.message_id, sent_at=n.sent_at,
                                        last_error=n.last_error) for n in notes],
@@ -92,3 +94,21 @@ def detail_view(session: Session, *, order: Order) -> AdminOrderDetail:
         webhooks=[WebhookOut(id=w.id, type=w.type, outcome=w.outcome,
                              received_at=w.received_at) for w in events],
     )
+
+
+AUTHORIZED_AT_SOME_POINT = frozenset({
+    PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED, PaymentStatus.REFUNDED,
+    PaymentStatus.PARTIALLY_REFUNDED})
+
+
+def ledger_line(payment: Payment) -> LedgerOut:
+    """One attempt's money: what was held, taken, given back and disputed."""
+    status = PaymentStatus(payment.status)
+    authorized = payment.amount if status in AUTHORIZED_AT_SOME_POINT or (
+        status is PaymentStatus.VOIDED and payment.decline_code is None) else 0
+    return LedgerOut(
+        attempt=payment.attempt, reference=payment.reference, currency=payment.currency,
+        authorized=authorized, captured=payment.amount_captured,
+        refunded=payment.amount_refunded, disputed=payment.amount_disputed,
+        held=payment.amount if status is PaymentStatus.AUTHORIZED else 0,
+        verified_at=payment.verified_at)

@@ -36,12 +36,14 @@ from __future__ import annotations
 import logging
 import uuid
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from shop.exceptions import InvariantBroken
 from shop.orders import attention, lease
 from shop.orders.models import Order
+from shop.orders.provider import disputes
 from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step
 from shop.orders.workflow.flow import advance, compensate, fail
@@ -349,13 +351,15 @@ def _claimed_by(session: Session, *, intent: IntentState) -> tuple[Order | None,
     """The order the intent names, and the attempt it matches to the cent, if any."""
     try:
         order_id = uuid.UUID(str(intent.metadata.get("order_id")))
-        attempt = int(str(intent.metadata.get("attempt")))
     except ValueError:
         return None, None
     order = load(session, order_id=order_id)
     if order is None:
         return None, None
-    payment = payments.find_attempt(session, order_id=order_id, attempt=attempt)
+    attempt = str(intent.metadata.get("attempt", ""))
+    if not attempt.isdigit():  # names the order, but no attempt of the shop's: a stranger
+        return order, None
+    payment = payments.find_attempt(session, order_id=order_id, attempt=int(attempt))
     matches = (payment is not None and payment.reference is None
                and payment.amount == intent.amount
                and payment.currency.lower() == intent.currency.lower())
@@ -381,3 +385,42 @@ def _reloaded_payment(session: Session, payment: Payment) -> Payment:
     if fresh is None:
         raise InvariantBroken(f"payment {payment.id} vanished")
     return fresh
+
+
+def note_dispute(session: Session, *, order: Order, payment: Payment, event_id: str,
+                 dispute: dict[str, Any]) -> str:
+    """A dispute event, applied once and by the dispute's state; the ledger keeps the
+    amount an open dispute holds (the caller holds the lease and commits)."""
+    outcome = disputes.note(session, order=order, event_id=event_id, dispute=dispute)
+    if outcome in ("dispute_recorded", "dispute_closed"):
+        amount = dispute.get("amount")
+        held = int(amount) if outcome == "dispute_recorded" and isinstance(amount, int) else 0
+        payments.record_dispute(session, payment=payment, amount=held)
+    return outcome
+
+
+def verify_ledger(session: Session, *, payment_id: int, gateway: PaymentGateway) -> bool:
+    """Compare one attempt's ledger with the provider to the cent: agreeing marks it
+    verified (and closes an open mismatch, saying so); disagreeing flags the order for
+    a person with both sides' amounts. Moves no money. True if they agree."""
+    payment = session.get(Payment, payment_id)
+    if payment is None:
+        return False
+    session.commit()
+    check = payments.check_ledger(payment=payment, gateway=gateway)
+    if check is None:
+        return False
+    order = load(session, order_id=payment.order_id)
+    if check.agrees:
+        payments.mark_verified(session, payment=payment)
+        attention.resolve(session, order_id=payment.order_id, kind=attention.Kind.LEDGER_MISMATCH,
+                          order=order, why="the ledger and the provider agree again")
+    else:
+        attention.flag(session, order_id=payment.order_id, kind=attention.Kind.LEDGER_MISMATCH,
+                       message=check.describe())
+        if order is not None:
+            order.record("payment.ledger_mismatch", internal={
+                "attempt": payment.attempt, "ours": list(check.ours),
+                "theirs": list(check.theirs)})
+    session.commit()
+    return check.agrees

@@ -26,7 +26,7 @@ from shop.exceptions import BusyError, InvariantBroken, TransientError
 from shop.messaging.service import enqueue_task
 from shop.orders import attention, lease
 from shop.orders.models import Attention, Order
-from shop.orders.provider import converge, disputes
+from shop.orders.provider import converge
 from shop.orders.queries import load
 from shop.orders.states import Stage
 from shop.orders.workflow.table import TaskName
@@ -81,7 +81,8 @@ def handle(session: Session, *, event_id: str, gateway: PaymentGateway, owner: s
         outcome = converge.settle(session, order=order, payment=fresh, result=result,
                                   cause=converge.Cause.EVENT)
         if event_type.startswith("charge.dispute."):
-            outcome = disputes.note(session, order=order, event_id=event_id, dispute=dispute)
+            outcome = converge.note_dispute(session, order=order, payment=fresh,
+                                            event_id=event_id, dispute=dispute)
         webhooks.mark_handled(session, event_id=event_id, outcome=outcome, order_id=order_id)
         _count(session, event_type=event_type, outcome=outcome)
         lease.clear(order)

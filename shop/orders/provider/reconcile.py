@@ -8,6 +8,8 @@ Beat runs ``reconcile`` every five minutes (``shop reconcile`` runs it now). A p
 - releases what failed or cancelled orders still hold at the provider (a void or a
   refund that ran out of attempts, or whose message was lost);
 - handles webhook events whose handling ran out of attempts (the provider was down);
+- compares the ledger of every attempt that changed with the provider, to the cent:
+  a mismatch is flagged for a person with both sides' amounts, never "fixed";
 - acts on authorizations close to their 7-day expiry: a confirmed order's is captured,
   any other order is failed and its authorization cancelled;
 - finds intents of the last two hours that no payment row records: one the shop can
@@ -69,6 +71,7 @@ def reconcile(session: Session, *, gateway: PaymentGateway, owner: str,
         ("intents", partial(scan_intents, session, gateway=gateway, owner=owner, tally=tally)),
         ("events", partial(_events, session, gateway=gateway, owner=owner, limit=limit,
                            tally=tally)),
+        ("ledger", partial(_ledger, session, gateway=gateway, limit=limit, tally=tally)),
     ]
     for name, section in sections:
         try:
@@ -117,6 +120,22 @@ def _events(session: Session, *, gateway: PaymentGateway, owner: str, limit: int
     for event_id in webhooks.unhandled(session, older_than=stale, limit=limit):
         _attempt(session, tally, "event_handled", "event_pending", event_id, partial(
             _handle_event, session, event_id=event_id, gateway=gateway, owner=owner))
+
+
+def _ledger(session: Session, *, gateway: PaymentGateway, limit: int,
+            tally: Counter[str]) -> None:
+    """The ledger against the provider, to the cent, for attempts that changed since it
+    last agreed (settled ones only: money still moving is the workflow's)."""
+    settled_before = utcnow() - SCAN_WINDOW[1]
+    for payment_id in payments.unverified(session, settled_before=settled_before, limit=limit):
+        try:
+            agrees = converge.verify_ledger(session, payment_id=payment_id, gateway=gateway)
+        except (TransientError, PaymentError) as exc:
+            session.rollback()
+            log.warning("reconcile: the ledger of payment %s waits: %s", payment_id, exc)
+            tally["ledger_pending"] += 1
+            continue
+        tally["ledger_verified" if agrees else "ledger_mismatch"] += 1
 
 
 def _handle_event(session: Session, *, event_id: str, gateway: PaymentGateway,
