@@ -21,6 +21,7 @@ from shop.orders.provider import events as payment_events
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
 from shop.payments.dummy import DummyGateway
+from shop.payments.gateway import PaymentProviderError
 from shop.payments.models import Payment, WebhookEvent
 from tests.fixtures.api import order_body
 from tests.fixtures.webhooks import (
@@ -303,6 +304,36 @@ def test_a_customer_who_authenticates_as_the_deadline_passes_is_not_charged_for_
         types = list(session.scalars(select(OrderEvent.type)
                                      .where(OrderEvent.order_id == order_id)))
     assert types.count("payment.authorized") == 1
+
+
+def test_one_intent_the_provider_refuses_to_show_does_not_stop_the_other_expiries(
+        hooks: TestClient, gateway: DummyGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18, finding 5: a permanent refusal about the oldest waiting order aborted the
+    # whole pass, every pass: no 3-D Secure wait expired again.
+    broken_id, broken = run_to(hooks, gateway, method="pm_card_authenticationRequired",
+                               until="charged")
+    order_id, reference = run_to(hooks, gateway, method="pm_card_authenticationRequired",
+                                 until="charged")
+    retrieve = gateway.retrieve
+
+    def refusing(ref: str) -> Any:
+        if ref == broken:
+            raise PaymentProviderError(f"No such payment_intent: '{ref}'")
+        return retrieve(ref)
+
+    monkeypatch.setattr(gateway, "retrieve", refusing)
+    with session_scope() as session:
+        payment_events.expire_authentications(session, gateway=gateway, owner="beat",
+                                              older_than=0)
+    failed = order(order_id)
+    assert (failed.status, failed.failure_reason) == ("failed", "authentication_failed")
+    assert retrieve(reference).status == "canceled"
+    assert order(broken_id).status == "requires_action"  # left for a person, flagged
+    with session_scope() as session:
+        assert [a.kind for a in attention.open_items(session, order_id=broken_id)] == [
+            "provider_error"]
+        assert payment_events.expire_authentications(  # later passes skip it
+            session, gateway=gateway, owner="beat", older_than=0) == 0
 
 
 def test_an_event_and_the_workflow_racing_on_one_order_end_the_same_way(
