@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from shop.orders.provider import converge, reconcile
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
-from shop.payments.gateway import PaymentTransientError
+from shop.payments.gateway import IntentState, PaymentProviderError, PaymentTransientError
 from shop.payments.models import PaymentStatus
 from tests.fakes import FakeGateway
 from tests.fixtures.outcomes import (
@@ -160,3 +160,30 @@ def test_the_shops_own_intent_whose_create_answer_was_lost_is_still_released(
     assert (adopted.reference, adopted.status) == (own.reference, PaymentStatus.VOIDED)
     assert reload(session, order.id).status == "failed"
     assert open_flags(session, order.id) == set()
+
+
+def test_one_release_the_provider_refuses_is_flagged_and_the_others_still_go_through(
+        session: Session, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18, finding 5: every order of a pass is on its own; a permanent refusal is
+    # flagged for a person (and skipped by later passes), never retried forever.
+    broken, other = placed(session), placed(session)
+    for order in (broken, other):
+        to_reserved(session, order.id, gateway)
+        steps.fail_step(session, order_id=order.id, step=steps.Step.PAYMENT,
+                        reason="payment_unavailable", message="provider down")
+    refused = str(payment_of(session, broken.id).reference)
+    retrieve = gateway.retrieve
+
+    def refusing(reference: str) -> IntentState:
+        if reference == refused:
+            raise PaymentProviderError(f"No such payment_intent: '{reference}'")
+        return retrieve(reference)
+
+    monkeypatch.setattr(gateway, "retrieve", refusing)
+
+    assert reconcile.reconcile(session, gateway=gateway, owner="r")["released"] == 1
+    released = gateway.intents[str(payment_of(session, other.id).reference)]
+    assert released.status == "canceled"
+    assert open_flags(session, broken.id) == {"provider_error"}
+    assert gateway.intents[refused].status == "requires_capture"
+    assert reconcile.reconcile(session, gateway=gateway, owner="r")["release_pending"] == 0
