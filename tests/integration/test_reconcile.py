@@ -4,14 +4,24 @@ recording fake gateway): unknown captures, releases, what reconcile mends."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from shop.db import utcnow
 from shop.orders.provider import converge, reconcile
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
-from shop.payments.gateway import IntentState, PaymentProviderError, PaymentTransientError
-from shop.payments.models import PaymentStatus
+from shop.payments import webhooks
+from shop.payments.gateway import (
+    IntentState,
+    PaymentProviderError,
+    PaymentTransientError,
+    ProviderEvent,
+)
+from shop.payments.models import PaymentStatus, WebhookEvent
 from tests.fakes import FakeGateway
 from tests.fixtures.outcomes import (
     give_up,
@@ -24,6 +34,7 @@ from tests.fixtures.outcomes import (
     reserved,
     to_reserved,
 )
+from tests.fixtures.webhooks import intent_event
 
 
 def test_a_lost_capture_answer_keeps_the_order_and_its_stock_until_the_provider_says(
@@ -187,3 +198,35 @@ def test_one_release_the_provider_refuses_is_flagged_and_the_others_still_go_thr
     assert open_flags(session, broken.id) == {"provider_error"}
     assert gateway.intents[refused].status == "requires_capture"
     assert reconcile.reconcile(session, gateway=gateway, owner="r")["release_pending"] == 0
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_a_scan_of_more_intents_than_postgresql_takes_parameters_completes_the_pass(
+        session: Session, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18, finding 6: the scan looked every reference up in one IN (...), which
+    # PostgreSQL refuses past 65,535 parameters, and that aborted all of reconcile()
+    # before its webhook-events section.
+    order = placed(session)
+    to_reserved(session, order.id, gateway)
+    reference = str(payment_of(session, order.id).reference)
+    gateway.capture(reference, amount=order.total, idempotency_key="lost")  # its answer lost
+    event = ProviderEvent(id="evt_deferred", type="payment_intent.succeeded", created=0,
+                          payload=intent_event("payment_intent.succeeded", reference,
+                                               event_id="evt_deferred"))
+    webhooks.record(session, event=event)
+    webhooks.mark_deferred(session, event_id=event.id, reason="the provider was down")
+    session.execute(update(WebhookEvent).values(
+        received_at=utcnow() - dt.timedelta(minutes=30)))
+    session.commit()
+    created = int((utcnow() - dt.timedelta(minutes=30)).timestamp())
+    crowd = [IntentState(reference=f"pi_crowd_{n}", status="canceled", amount=100,
+                         created=created) for n in range(70_000)]
+    monkeypatch.setattr(gateway, "list_intents", lambda *, created_after: iter(crowd))
+
+    tally = reconcile.reconcile(session, gateway=gateway, owner="r")
+
+    assert tally["intents_scanned"] == 70_000
+    assert tally["intents_failed"] == 0
+    assert tally["event_handled"] == 1
+    assert reload(session, order.id).status == "confirmed"
