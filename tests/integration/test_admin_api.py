@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from sqlalchemy import func, select
 
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
+from shop.orders import lease
 from shop.orders.models import Order
 from shop.orders.provider import converge
 from shop.orders.workflow import steps
@@ -158,6 +161,38 @@ def test_a_retry_after_a_decline_opens_a_new_attempt(client: TestClient,
         attempts = session.scalars(select(Payment.attempt).where(
             Payment.order_id == order_id).order_by(Payment.attempt)).all()
     assert attempts == [1, 2]
+
+
+def test_a_release_that_decided_before_an_admin_retry_leaves_the_retried_authorization(
+        client: TestClient, gateway: FaultyGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18, finding 9: the release task decided before it took the order's lease;
+    # an admin retry that kept the attempt (authorized, not definitely failed) in that
+    # window had its authorization cancelled under it.
+    order_id = place(client)
+    with session_scope() as session:
+        steps.check_inventory(session, order_id=order_id)
+        steps.charge_payment(session, order_id=order_id, gateway=gateway, owner="w")
+        steps.reserve_stock(session, order_id=order_id)
+        steps.fail_step(session, order_id=order_id, step=steps.Step.PAYMENT,
+                        reason="payment_unavailable", message="capture step gave up")
+        reference = str(session.scalar(select(Payment.reference)))
+    hold = lease.hold
+
+    @contextmanager
+    def retried_first(session: Any, *, order_id: uuid.UUID, owner: str) -> Iterator[None]:
+        # The release task is running; the admin retries just before it takes the lease.
+        assert client.post(f"/admin/orders/{order_id}/retry", headers=AUTH).status_code == 202
+        monkeypatch.setattr(lease, "hold", hold)
+        with hold(session, order_id=order_id, owner=owner):
+            yield
+
+    monkeypatch.setattr(lease, "hold", retried_first)
+    with session_scope() as session:
+        assert converge.release(session, order_id=order_id, attempt=1, gateway=gateway,
+                                owner="release") is False
+    assert gateway.retrieve(reference).status == "requires_capture"
+    assert drive(order_id, gateway) == "confirmed"
+    assert intents(gateway) == 1
 
 
 def test_concurrent_retries_run_the_workflow_once(live_api: str, gateway: FaultyGateway,

@@ -17,10 +17,13 @@ from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
 from shop.orders import attention
 from shop.orders.models import Order, OrderEvent
+from shop.orders.provider import disputes
 from shop.orders.provider import events as payment_events
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
+from shop.payments import webhooks
 from shop.payments.dummy import DummyGateway
+from shop.payments.gateway import PaymentProviderError
 from shop.payments.models import Payment, WebhookEvent
 from tests.fixtures.api import order_body
 from tests.fixtures.webhooks import (
@@ -230,6 +233,41 @@ def test_a_dispute_is_on_the_timeline_and_in_the_admins_view(hooks: TestClient,
     assert types[-2:] == ["dispute.created", "dispute.closed"]
 
 
+def test_a_dispute_closed_before_its_created_event_arrives_stays_closed(
+        hooks: TestClient, gateway: DummyGateway) -> None:
+    # Issue 18, finding 7: the late "created" used to open the dispute flag for good.
+    order_id, reference = run_to(hooks, gateway)
+    created = dispute_event("charge.dispute.created", reference)
+    closed = dispute_event("charge.dispute.closed", reference, status="won")
+    closed["data"]["object"]["id"] = created["data"]["object"]["id"]  # the same dispute
+    post(hooks, closed)
+    assert handle_all(gateway) == ["dispute_closed"]
+    post(hooks, created)  # delivered late
+    outcomes = handle_all(gateway)
+    with session_scope() as session:
+        assert [a.kind for a in attention.open_items(session, order_id=order_id)] == []
+    assert outcomes == ["dispute_already_closed"]
+    types = [e["type"] for e in hooks.get(f"/v1/orders/{order_id}").json()["events"]]
+    assert [t for t in types if t.startswith("dispute.")] == ["dispute.closed"]
+
+
+def test_a_dispute_event_applied_twice_is_on_the_timeline_once(
+        hooks: TestClient, gateway: DummyGateway) -> None:
+    # Issue 18, finding 7: two copies of one event's handling (its task and
+    # reconciliation's pass) each added the entry.
+    order_id, reference = run_to(hooks, gateway)
+    dispute = webhooks.dispute_summary(dispute_event("charge.dispute.created", reference))
+    with session_scope() as session:
+        for _ in range(2):
+            found = session.get(Order, order_id)
+            assert found is not None
+            disputes.note(session, order=found, event_id="evt_dispute", dispute=dispute)
+            session.commit()
+        entries = session.scalars(select(OrderEvent.type).where(
+            OrderEvent.order_id == order_id, OrderEvent.type.like("dispute.%"))).all()
+    assert entries == ["dispute.created"]
+
+
 def test_unknown_types_and_unknown_orders_are_recorded_and_left_alone(
         hooks: TestClient, gateway: DummyGateway, caplog: pytest.LogCaptureFixture) -> None:
     post(hooks, {"id": "evt_x", "object": "event", "type": "customer.created", "created": 1,
@@ -303,6 +341,36 @@ def test_a_customer_who_authenticates_as_the_deadline_passes_is_not_charged_for_
         types = list(session.scalars(select(OrderEvent.type)
                                      .where(OrderEvent.order_id == order_id)))
     assert types.count("payment.authorized") == 1
+
+
+def test_one_intent_the_provider_refuses_to_show_does_not_stop_the_other_expiries(
+        hooks: TestClient, gateway: DummyGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18, finding 5: a permanent refusal about the oldest waiting order aborted the
+    # whole pass, every pass: no 3-D Secure wait expired again.
+    broken_id, broken = run_to(hooks, gateway, method="pm_card_authenticationRequired",
+                               until="charged")
+    order_id, reference = run_to(hooks, gateway, method="pm_card_authenticationRequired",
+                                 until="charged")
+    retrieve = gateway.retrieve
+
+    def refusing(ref: str) -> Any:
+        if ref == broken:
+            raise PaymentProviderError(f"No such payment_intent: '{ref}'")
+        return retrieve(ref)
+
+    monkeypatch.setattr(gateway, "retrieve", refusing)
+    with session_scope() as session:
+        payment_events.expire_authentications(session, gateway=gateway, owner="beat",
+                                              older_than=0)
+    failed = order(order_id)
+    assert (failed.status, failed.failure_reason) == ("failed", "authentication_failed")
+    assert retrieve(reference).status == "canceled"
+    assert order(broken_id).status == "requires_action"  # left for a person, flagged
+    with session_scope() as session:
+        assert [a.kind for a in attention.open_items(session, order_id=broken_id)] == [
+            "provider_error"]
+        assert payment_events.expire_authentications(  # later passes skip it
+            session, gateway=gateway, owner="beat", older_than=0) == 0
 
 
 def test_an_event_and_the_workflow_racing_on_one_order_end_the_same_way(

@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
 from shop.orders import lease, service
+from shop.orders.admin import service as admin
 from shop.orders.models import FulfillmentRequest, Order, Product
 from shop.orders.provider import converge, reconcile
 from shop.orders.workflow import flow as workflow
@@ -278,3 +280,61 @@ def test_a_redelivered_charge_after_a_decline_keeps_the_decline_reason(
     steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="again")
     failed = reload(session, order.id)
     assert (failed.status, failed.failure_reason) == ("failed", "card_declined")
+
+
+
+# Issue 18, finding 10: a retried order whose money was already captured was failed as
+# "Your card was declined", and the money refunded.
+
+def failed_after_its_capture(session: Session, order: Order, gateway: FakeGateway) -> str:
+    """The capture reached the provider but the order was failed anyway (the answer was
+    lost and the step gave up), and its release has not run. Returns the reference."""
+    steps.check_inventory(session, order_id=order.id)
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    steps.reserve_stock(session, order_id=order.id)
+    reference = str(payment_of(session, order.id).reference)
+    gateway.capture(reference, amount=order.total, idempotency_key="capture")
+    steps.fail_step(session, order_id=order.id, step=steps.Step.PAYMENT,
+                    reason="payment_unavailable", message="the capture step gave up")
+    return reference
+
+
+def retried(order_id: uuid.UUID) -> None:
+    """An admin's retry, in its own session as an API request has."""
+    with session_scope() as session:
+        admin.retry(session, order_id=order_id, actor="ada")
+
+
+def test_a_retried_order_whose_payment_was_captured_is_confirmed_with_that_payment(
+        session: Session, gateway: FakeGateway) -> None:
+    order = placed_order(ProductFactory(sku="MUG-BLUE", on_hand=10))
+    reference = failed_after_its_capture(session, order, gateway)
+    retried(order.id)
+    run_to_confirmed(session, order.id, gateway)
+    confirmed = reload(session, order.id)
+    assert (confirmed.status, confirmed.failure_reason) == ("confirmed", None)
+    assert not converge.release(session, order_id=order.id, attempt=1, gateway=gateway,
+                                owner="release")  # the failure's release, late
+    paid = payment_of(session, order.id)
+    assert (paid.attempt, paid.status, paid.amount_captured) == (
+        1, PaymentStatus.CAPTURED, order.total)
+    assert gateway.intents[reference].amount_refunded == 0
+    assert (gateway.count("capture"), gateway.count("refund")) == (1, 0)
+
+
+def test_a_retried_captured_order_whose_stock_is_gone_says_the_payment_is_refunded(
+        session: Session, gateway: FakeGateway) -> None:
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=2)
+    order = placed_order(mug)
+    reference = failed_after_its_capture(session, order, gateway)
+    run_to_confirmed(session, placed_order(mug).id, gateway)  # the units sold meanwhile
+    retried(order.id)
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    steps.reserve_stock(session, order_id=order.id)
+    failed = reload(session, order.id)
+    assert (failed.status, failed.failure_step, failed.failure_reason) == (
+        "failed", "reservation", "out_of_stock_refunded")
+    assert "refunded" in str(failed.failure_message)
+    assert converge.release(session, order_id=order.id, attempt=1, gateway=gateway,
+                            owner="release")
+    assert gateway.intents[reference].amount_refunded == order.total
