@@ -133,8 +133,6 @@ def test_a_payment_the_shop_did_not_take_is_flagged_not_refunded(
     assert open_flags(session, order.id) == {"unrecognized_payment"}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 finding 1 left open: an intent naming a known "
-                   "order but no attempt is logged as naming an unknown order, and not flagged")
 def test_a_payment_naming_only_the_order_is_flagged_too(
         session: Session, gateway: FakeGateway) -> None:
     order = placed(session)
