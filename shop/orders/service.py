@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shop import metrics
 from shop.db import insert_for, utcnow
+from shop.orders import flow as workflow
 from shop.orders import queries
 from shop.orders.models import FulfillmentRequest, IdempotencyKey, Order, OrderLine, Product
 from shop.orders.schemas import (
@@ -26,7 +27,6 @@ from shop.orders.schemas import (
     ProductOut,
 )
 from shop.orders.states import Stage
-from shop.orders.workflow import flow as workflow
 from shop.payments import service as payments
 from shop.payments.currencies import amount_problem
 from shop.payments.models import PaymentStatus

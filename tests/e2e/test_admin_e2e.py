@@ -21,9 +21,9 @@ from sqlalchemy import delete, select
 
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
+from shop.orders import flow as workflow
 from shop.orders.models import Order
 from shop.orders.states import Step
-from shop.orders.workflow import flow as workflow
 from shop.orders.workflow.table import TaskName
 from shop.payments.gateway import StripeGateway
 from tests.fixtures.api import ADMIN_TOKEN, free_port, order_body

@@ -18,9 +18,9 @@ import factory
 from sqlalchemy.orm import object_session
 
 from shop.db import utcnow
+from shop.orders import flow as workflow
 from shop.orders.models import FulfillmentRequest, Order, OrderEvent, OrderLine, Product
 from shop.orders.states import Stage
-from shop.orders.workflow import flow as workflow
 from tests.factories import ModelFactory
 
 

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 
 from shop.db import session_scope
 from shop.orders import attention
+from shop.orders import flow as workflow
 from shop.orders.admin import service as admin_service
 from shop.orders.models import OrderEvent
 from shop.orders.provider import converge
 from shop.orders.states import Stage, Step
-from shop.orders.workflow import flow as workflow
 from shop.orders.workflow import giving_up
 from shop.orders.workflow.table import TaskName
 from shop.payments.models import PaymentStatus

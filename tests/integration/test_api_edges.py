@@ -18,9 +18,9 @@ from sqlalchemy import select
 from shop.config import Settings, get_settings
 from shop.db import reset_engine, session_scope
 from shop.messaging.models import OutboxMessage
+from shop.orders.flow import fail
 from shop.orders.models import Order, Product
 from shop.orders.states import Step
-from shop.orders.workflow.flow import fail
 from tests.fixtures.api import ADMIN_TOKEN, count_rows, free_port, order_body
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

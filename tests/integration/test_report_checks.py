@@ -9,9 +9,9 @@ import uuid
 from sqlalchemy.orm import Session
 
 from shop.orders import attention
+from shop.orders import flow as workflow
 from shop.orders.models import Order
 from shop.orders.states import Event, Stage
-from shop.orders.workflow import flow as workflow
 from shop.orders.workflow import steps
 from shop.reports import checks
 from tests.factories.orders import OrderFactory

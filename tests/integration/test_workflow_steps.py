@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
+from shop.orders import flow as workflow
 from shop.orders import lease, service
 from shop.orders.admin import service as admin
 from shop.orders.models import FulfillmentRequest, Order, Product
 from shop.orders.provider import converge, reconcile
-from shop.orders.workflow import flow as workflow
 from shop.orders.workflow import steps, sweeper
 from shop.orders.workflow.table import TaskName
 from shop.payments.gateway import IntentStatus, PaymentProviderError, PaymentTransientError

@@ -57,7 +57,7 @@ def test_compensation_is_one_function() -> None:
                 for k in node.keywords if k.arg in ("name", "task"))
             if releases_stock or releases_payment:
                 undoing.append(f"{path.relative_to(SHOP)}:{owner.get(node, '')}")
-    assert sorted(set(undoing)) == ["orders/workflow/flow.py:compensate"], undoing
+    assert sorted(set(undoing)) == ["orders/flow.py:compensate"], undoing
 
 
 def test_only_the_payments_domain_writes_payment_status() -> None:

@@ -23,11 +23,11 @@ from shop.db import utcnow
 from shop.exceptions import BusyError, InvariantBroken
 from shop.orders import attention, lease
 from shop.orders.admin.views import detail_view, summary_views
+from shop.orders.flow import advance, compensate, enqueue
 from shop.orders.models import Attention, Order
 from shop.orders.queries import OrderNotFound, load
 from shop.orders.schemas import AdminOrderDetail, AdminOrderPage
 from shop.orders.states import Event, OrderStatus, Stage, Step
-from shop.orders.workflow.flow import advance, compensate, enqueue
 from shop.orders.workflow.table import TaskName
 from shop.payments import service as payments
 from shop.payments.models import PaymentStatus

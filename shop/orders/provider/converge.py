@@ -42,11 +42,11 @@ from sqlalchemy.orm import Session
 
 from shop.exceptions import InvariantBroken
 from shop.orders import attention, lease
+from shop.orders.flow import advance, compensate, fail
 from shop.orders.models import Order
 from shop.orders.provider import disputes
 from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step
-from shop.orders.workflow.flow import advance, compensate, fail
 from shop.payments import service as payments
 from shop.payments.gateway import IntentState, PaymentGateway
 from shop.payments.models import Payment

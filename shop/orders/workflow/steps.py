@@ -24,12 +24,12 @@ from shop.messaging.service import enqueue_event
 from shop.notifications.mailer import Mailer
 from shop.notifications.service import send_notification
 from shop.orders import lease
+from shop.orders.flow import advance, fail
 from shop.orders.models import FulfillmentRequest, Order
 from shop.orders.provider import converge
 from shop.orders.queries import load
 from shop.orders.states import Event, Stage, Step
 from shop.orders.stock import reserve_lines, shortages
-from shop.orders.workflow.flow import advance, fail
 from shop.payments import service as payments
 from shop.payments.gateway import PaymentGateway
 

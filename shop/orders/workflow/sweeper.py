@@ -27,10 +27,10 @@ from shop.db import utcnow
 from shop.exceptions import BusyError
 from shop.notifications.models import Notification
 from shop.orders import attention
+from shop.orders.flow import enqueue
 from shop.orders.models import Attention, FulfillmentRequest, Order
 from shop.orders.states import Stage
 from shop.orders.workflow import giving_up, steps
-from shop.orders.workflow.flow import enqueue
 from shop.orders.workflow.table import TaskName, swept_at
 
 log = logging.getLogger(__name__)

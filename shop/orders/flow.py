@@ -1,4 +1,4 @@
-"""How an order moves along the canvas (``table.py``), and how it is undone.
+"""How an order moves along the canvas (``workflow/table.py``), and how it is undone.
 
 The next message is written to the outbox in the same transaction as the state
 change that earns it. So a step re-run after a crash finds the order already moved
