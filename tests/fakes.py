@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from shop.payments.gateway import (
+    IdempotencyMismatch,
     IntentState,
     PaymentDeclined,
+    PaymentError,
     PaymentProviderError,
     PaymentTransientError,
     RefundState,
@@ -24,7 +26,24 @@ class FakeGateway:
     calls: list[tuple[str, str]] = field(default_factory=list)
     decline: set[str] = field(default_factory=set)
     fail_next: list[str] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # every call, replays too
+    replies: dict[str, tuple[object, IntentState | PaymentError]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def _replayed(self, key: str, params: object) -> IntentState | None:
+        """Stripe's idempotency: the same key and parameters give the first answer
+        again (an error included); other parameters are an ``idempotency_error``."""
+        if key not in self.replies:
+            return None
+        first, answer = self.replies[key]
+        if first != params:
+            raise IdempotencyMismatch(f"idempotency_error: key {key} used with other parameters")
+        if isinstance(answer, PaymentError):
+            raise answer
+        return replace(answer, replayed=True)
+
+    def _keep(self, key: str, params: object, answer: IntentState | PaymentError) -> None:
+        self.replies[key] = (params, answer)
 
     def _maybe_fail(self, op: str) -> None:
         """``fail_next`` lists operations whose next call times out before reaching us;
@@ -34,14 +53,43 @@ class FakeGateway:
             raise PaymentTransientError(f"{op} timed out")
 
     def create_intent(self, *, amount: int, currency: str, payment_method: str,
-                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
+                      metadata: dict[str, str], idempotency_key: str,
+                      confirm: bool = False) -> IntentState:
         self._maybe_fail("create")
+        params = ("create", amount, currency, payment_method, dict(metadata), confirm)
+        self.requests.append(("create", idempotency_key))
+        replayed = self._replayed(idempotency_key, params)
+        if replayed is not None:
+            self._maybe_fail("after_create")
+            return replayed
         ref = f"pi_fake_{next(self._ids)}"
         self.calls.append(("create", ref))
         self.intents[ref] = IntentState(reference=ref, status="requires_confirmation",
-                                        amount=amount, currency=currency)
+                                        amount=amount, currency=currency,
+                                        metadata={**metadata})
         self.metadata[ref] = {**metadata, "pm": payment_method}
+        if confirm:
+            self.calls.append(("confirm", ref))
+            try:
+                answer: IntentState = self._authorize(ref)
+            except PaymentDeclined as declined:
+                self._keep(idempotency_key, params, declined)
+                raise
+            self._keep(idempotency_key, params, answer)
+            self._maybe_fail("after_create")
+            self._maybe_fail("after_confirm")  # the same moment, in the older two-call words
+            return answer
+        self._keep(idempotency_key, params, self.intents[ref])
         return self.intents[ref]
+
+    def _authorize(self, reference: str) -> IntentState:
+        state = self.intents[reference]
+        if self.metadata[reference]["pm"] in self.decline:
+            self.intents[reference] = replace(state, status="requires_payment_method")
+            raise PaymentDeclined("card_declined", "Your card was declined.",
+                                  reference=reference)
+        self.intents[reference] = replace(state, status="requires_capture")
+        return self.intents[reference]
 
     def retrieve(self, reference: str) -> IntentState:
         self._maybe_fail("retrieve")
@@ -64,11 +112,20 @@ class FakeGateway:
 
     def capture(self, reference: str, *, amount: int, idempotency_key: str) -> IntentState:
         self._maybe_fail("capture")
-        self.calls.append(("capture", reference))
+        params = ("capture", reference, amount)
+        self.requests.append(("capture", idempotency_key))
+        replayed = self._replayed(idempotency_key, params)
+        if replayed is not None:
+            self._maybe_fail("after_capture")
+            return replayed
         state = self.intents[reference]
         if state.status != "requires_capture":
-            raise PaymentProviderError("intent is not capturable")
+            refused = PaymentProviderError("intent is not capturable")
+            self._keep(idempotency_key, params, refused)
+            raise refused
+        self.calls.append(("capture", reference))  # what took effect (``requests``: all)
         self.intents[reference] = replace(state, status="succeeded", amount_received=amount)
+        self._keep(idempotency_key, params, self.intents[reference])
         self._maybe_fail("after_capture")
         return self.intents[reference]
 

@@ -26,6 +26,7 @@ from typing import Any
 from shop.config import VAR_DIR
 from shop.payments.currencies import amount_problem
 from shop.payments.gateway import (
+    IdempotencyMismatch,
     IntentState,
     IntentStatus,
     PaymentDeclined,
@@ -99,7 +100,7 @@ class _Intent:
         self.status, self.payment_method = "requires_payment_method", None
         self.error_code = reason
         self.error_message = MESSAGES.get(reason, "Your card was declined.")
-        return PaymentDeclined(reason, self.error_message)
+        return PaymentDeclined(reason, self.error_message, reference=self.reference)
 
     def charge(self) -> PaymentDeclined | None:
         """Authorize the amount on the card; a decline is recorded and returned."""
@@ -166,19 +167,32 @@ def intent_reference(idempotency_key: str) -> str:
     return "pi_dummy_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
 
 
-def _replay(reply: Reply, request: dict[str, Any]) -> IntentState:
+def _replay(reply: Reply, request: dict[str, Any], *, replayed: bool) -> IntentState:
+    """The stored answer of a keyed request, as Stripe replays it: the same body (a
+    decline or a refusal included) for the same parameters, ``idempotency_error`` for
+    other ones; a replay is marked as one (Stripe's ``Original-Request`` header)."""
     if reply["request"] != request:
-        raise PaymentProviderError(
-            "Keys for idempotent requests can only be used with the same parameters")
+        raise IdempotencyMismatch(
+            "idempotency_error: Keys for idempotent requests can only be used with the same "
+            "parameters they were first used with")
     if "declined" in reply:
-        raise PaymentDeclined(*reply["declined"])
+        reason, message, *reference = reply["declined"]
+        raise PaymentDeclined(reason, message, reference=reference[0] if reference else None)
+    if "refused" in reply:
+        raise PaymentProviderError(reply["refused"])
     state = dict(reply["state"])
-    return IntentState(**{**state, "status": IntentStatus(state["status"])})
+    state.pop("replayed", None)
+    return IntentState(**{**state, "status": IntentStatus(state["status"])},
+                       replayed=replayed)
 
 
-def _record(intent: _Intent, request: dict[str, Any], declined: PaymentDeclined | None) -> Reply:
+def _record(intent: _Intent, request: dict[str, Any], declined: PaymentDeclined | None,
+            refused: PaymentProviderError | None = None) -> Reply:
+    if refused is not None:
+        return {"request": request, "refused": str(refused)}
     if declined is not None:
-        return {"request": request, "declined": [declined.reason, declined.message]}
+        return {"request": request,
+                "declined": [declined.reason, declined.message, intent.reference]}
     return {"request": request, "state": asdict(intent.state())}
 
 
@@ -193,9 +207,10 @@ class DummyGateway:
 
     def create_intent(
         self, *, amount: int, currency: str, payment_method: str,
-        metadata: dict[str, str], idempotency_key: str,
+        metadata: dict[str, str], idempotency_key: str, confirm: bool = False,
     ) -> IntentState:
-        """Create an unconfirmed, manual-capture intent; the same key gives the same one."""
+        """Create a manual-capture intent, authorized in the same call with ``confirm``;
+        the same key gives the same answer (a decline included), marked as a replay."""
         self._pause()
         if not payment_method.startswith("pm_"):
             raise PaymentProviderError(f"No such PaymentMethod: '{payment_method}'")
@@ -204,7 +219,8 @@ class DummyGateway:
             raise PaymentProviderError(f"Invalid amount {amount} {currency}: {problem}")
         reference = intent_reference(idempotency_key)
         request = {"op": "create", "amount": amount, "currency": currency.lower(),
-                   "payment_method": payment_method, "metadata": dict(metadata)}
+                   "payment_method": payment_method, "metadata": dict(metadata),
+                   "confirm": confirm}
         with self._store.locked(reference):
             intent = self._store.find(reference)
             if intent is None:
@@ -214,9 +230,11 @@ class DummyGateway:
                     currency=currency.lower(), payment_method=payment_method,
                     metadata=dict(metadata), client_secret=f"{reference}_secret_{secret}",
                     created=int(time.time()))
-                intent.replies[idempotency_key] = _record(intent, request, None)
+                declined = _confirm(intent) if confirm else None
+                intent.replies[idempotency_key] = _record(intent, request, declined)
                 self._store.save(intent)
-            return _replay(intent.replies[idempotency_key], request)
+                return _replay(intent.replies[idempotency_key], request, replayed=False)
+            return _replay(intent.replies[idempotency_key], request, replayed=True)
 
     def retrieve(self, reference: str) -> IntentState:
         """The intent as it is now."""
@@ -269,11 +287,18 @@ class DummyGateway:
         self._pause()
         with self._store.locked(reference):
             intent = self._store.load(reference)
-            if key not in intent.replies:
-                declined = apply(intent)  # a PaymentProviderError leaves nothing changed
-                intent.replies[key] = _record(intent, request, declined)
+            if key in intent.replies:
+                return _replay(intent.replies[key], request, replayed=True)
+            try:
+                declined = apply(intent)
+            except PaymentProviderError as refused:  # nothing changed; the answer is kept
+                intent = self._store.load(reference)
+                intent.replies[key] = _record(intent, request, None, refused)
                 self._store.save(intent)
-            return _replay(intent.replies[key], request)
+                raise
+            intent.replies[key] = _record(intent, request, declined)
+            self._store.save(intent)
+            return _replay(intent.replies[key], request, replayed=False)
 
     def _pause(self) -> None:
         if self._latency > 0:

@@ -39,7 +39,8 @@ CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 3.0
 MAX_PACING_WAIT = 2.0
 CALL_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT + MAX_PACING_WAIT
-MAX_CALLS_PER_STEP = 5  # the longest path: create, retrieve, confirm, retrieve, cancel
+MAX_CALLS_PER_STEP = 5  # the longest path: a release's retrieve, cancel, retrieve, refund,
+# retrieve; a payment step makes two at most (create and cancel, or capture and retrieve)
 
 
 class PaymentError(Exception):
@@ -47,10 +48,14 @@ class PaymentError(Exception):
 
 
 class PaymentDeclined(PaymentError):
-    def __init__(self, reason: str, message: str = "") -> None:
+    """The card said no; ``reference`` is the intent it was said on, when one was made
+    (a create that confirms in the same call declines with the intent's id)."""
+
+    def __init__(self, reason: str, message: str = "", reference: str | None = None) -> None:
         super().__init__(message or reason)
         self.reason = reason
         self.message = message or reason
+        self.reference = reference
 
 
 class PaymentTransientError(PaymentError, TransientError):
@@ -68,6 +73,11 @@ class PaymentAuthError(PaymentTransientError):
 
 class PaymentProviderError(PaymentError, PermanentError):
     """The provider refused the request for a reason retrying will not fix."""
+
+
+class IdempotencyMismatch(PaymentProviderError):
+    """An idempotency key used again with other parameters (Stripe's 400
+    ``idempotency_error``): a bug in the caller, never retried."""
 
 
 class SignatureInvalid(PaymentError):
@@ -107,6 +117,9 @@ class IntentState:
     decline_message: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     created: int = 0
+    # A keyed request's stored answer given again (Stripe's ``Original-Request`` header
+    # says so); it does not take part in equality: the intent is the same.
+    replayed: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", IntentStatus(self.status))
@@ -183,9 +196,10 @@ class PaymentGateway(Protocol):
 
     def create_intent(
         self, *, amount: int, currency: str, payment_method: str,
-        metadata: dict[str, str], idempotency_key: str,
+        metadata: dict[str, str], idempotency_key: str, confirm: bool = False,
     ) -> IntentState:
-        """Create an unconfirmed, manual-capture intent."""
+        """Create a manual-capture intent; ``confirm`` authorizes it in the same call
+        (``requires_capture``, ``requires_action``, or ``PaymentDeclined``)."""
         ...
 
     def retrieve(self, reference: str) -> IntentState: ...
@@ -233,7 +247,11 @@ def translate_error(exc: stripe.StripeError) -> PaymentError:
     status = exc.http_status
     if isinstance(exc, stripe.CardError):
         decline_code = exc.error.decline_code if exc.error is not None else None
-        return PaymentDeclined(decline_reason(exc.code, decline_code), message)
+        intent = getattr(exc.error, "payment_intent", None) if exc.error is not None else None
+        return PaymentDeclined(decline_reason(exc.code, decline_code), message,
+                               reference=getattr(intent, "id", None))
+    if exc.code == "idempotency_error":
+        return IdempotencyMismatch(f"stripe idempotency_error (HTTP {status}): {message}")
     text = f"stripe {type(exc).__name__} (HTTP {status}): {message}"
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return PaymentAuthError(text)
@@ -303,7 +321,15 @@ def _state(intent: stripe.PaymentIntent) -> IntentState:
         decline_message=getattr(error, "message", None) if failed else None,
         metadata=_metadata(intent),
         created=int(getattr(intent, "created", 0) or 0),
+        replayed=_replayed(intent),
     )
+
+
+def _replayed(intent: stripe.PaymentIntent) -> bool:
+    """Whether Stripe answered with a stored response (``Original-Request`` is set)."""
+    response: Any = getattr(intent, "last_response", None)
+    headers: Any = getattr(response, "headers", None) or {}
+    return bool(headers.get("Original-Request") or headers.get("original-request"))
 
 
 class StripeGateway:
@@ -331,15 +357,21 @@ class StripeGateway:
 
     def create_intent(
         self, *, amount: int, currency: str, payment_method: str,
-        metadata: dict[str, str], idempotency_key: str,
+        metadata: dict[str, str], idempotency_key: str, confirm: bool = False,
     ) -> IntentState:
-        """Create an unconfirmed, manual-capture card intent."""
+        """Create a manual-capture card intent, and with ``confirm`` authorize it in the
+        same request (one call instead of create, confirm and the reads between).
+
+        localstripe's create-and-confirm skips its decline simulation, so against the
+        emulator a confirming create is sent as create, then confirm (same keys' scheme).
+        """
+        one_call = confirm and not self._emulator
         params: PaymentIntentCreateParams = {
             "amount": amount,
             "currency": currency.lower(),
             "payment_method": payment_method,
             "capture_method": "manual",
-            "confirm": False,
+            "confirm": one_call,
             "metadata": metadata,
         }
         if not self._emulator:
@@ -347,6 +379,12 @@ class StripeGateway:
         with _translated():
             intent = self._intents.create(
                 params=params, options={"idempotency_key": idempotency_key})
+        if confirm and not one_call:
+            try:
+                return self.confirm(intent.id, idempotency_key=f"{idempotency_key}:confirm")
+            except PaymentDeclined as declined:
+                declined.reference = declined.reference or intent.id
+                raise
         return _state(intent)
 
     def retrieve(self, reference: str) -> IntentState:

@@ -110,26 +110,34 @@ def open_attempt(
 def authorize(
     session: Session, *, payment: Payment, payment_method: str, gateway: PaymentGateway,
 ) -> Result:
-    """Authorize the attempt's amount (manual capture) and say how it went."""
+    """Authorize the attempt's amount (manual capture) and say how it went.
+
+    One provider call on the happy path: the intent is created and confirmed together.
+    Its key is the attempt's, so a create whose answer was lost is simply sent again and
+    the provider replays the first answer; the provider is asked (``retrieve``) only on
+    a redelivery, when the intent's id is already stored.
+    """
     if payment.decline_code is not None:  # declined before a crash: keep the real reason
         return _result(payment, Outcome.DECLINED, reason=payment.decline_code)
-    try:
-        reference = payment.reference or _create_intent(
-            session, payment=payment, payment_method=payment_method, gateway=gateway)
-    except PaymentProviderError as exc:
-        return _result(payment, Outcome.REJECTED, reason="payment_rejected", detail=str(exc))
-    state = gateway.retrieve(reference)
-    if state.status is IntentStatus.REQUIRES_CONFIRMATION:
+    if payment.reference is None:
         try:
-            state = gateway.confirm(reference, idempotency_key=f"{payment.idempotency_key}:confirm")
+            state = _create_confirmed(session, payment=payment, payment_method=payment_method,
+                                      gateway=gateway)
         except PaymentDeclined as exc:
-            return _declined(session, payment=payment, reason=exc.reason, message=exc.message,
-                             gateway=gateway)
+            return _declined(session, payment=payment, reason=exc.reason,
+                             message=exc.message, gateway=gateway, reference=exc.reference)
         except PaymentProviderError as exc:
-            state = gateway.retrieve(reference)  # e.g. a concurrent copy confirmed it first
-            if state.status is IntentStatus.REQUIRES_CONFIRMATION:
-                return _result(payment, Outcome.REJECTED, reason="payment_rejected",
-                               detail=str(exc))
+            return _result(payment, Outcome.REJECTED, reason="payment_rejected",
+                           detail=str(exc))
+    else:  # a redelivery, or a re-run after a crash: ask what the intent is now
+        state = gateway.retrieve(payment.reference)
+        if state.status is IntentStatus.REQUIRES_CONFIRMATION:  # made unconfirmed (0.1)
+            try:
+                state = gateway.confirm(payment.reference,
+                                        idempotency_key=f"{payment.idempotency_key}:confirm")
+            except PaymentDeclined as exc:
+                return _declined(session, payment=payment, reason=exc.reason,
+                                 message=exc.message, gateway=gateway)
     if state.status is IntentStatus.REQUIRES_PAYMENT_METHOD:
         return _declined(session, payment=payment, reason=state.decline_code or "card_declined",
                          message=state.decline_message or "", gateway=gateway)
@@ -140,14 +148,21 @@ def authorize(
     return result
 
 
-def _create_intent(
+def _create_confirmed(
     session: Session, *, payment: Payment, payment_method: str, gateway: PaymentGateway,
-) -> str:
+) -> IntentState:
+    """Create and confirm the attempt's intent in one call, and store its id."""
     state = gateway.create_intent(
         amount=payment.amount, currency=payment.currency, payment_method=payment_method,
         metadata={"order_id": str(payment.order_id), "attempt": str(payment.attempt)},
-        idempotency_key=f"{payment.idempotency_key}:create",
+        idempotency_key=f"{payment.idempotency_key}:authorize", confirm=True,
     )
+    _store_reference(session, payment=payment, state=state, gateway=gateway)
+    return state
+
+
+def _store_reference(session: Session, *, payment: Payment, state: IntentState,
+                     gateway: PaymentGateway) -> None:
     stored = session.execute(
         update(Payment)
         .where(Payment.id == payment.id, Payment.reference.is_(None))
@@ -158,15 +173,13 @@ def _create_intent(
     session.commit()
     if stored.rowcount == 0:  # type: ignore[attr-defined]
         session.refresh(payment)
-        if payment.reference != state.reference:
+        if payment.reference != state.reference:  # a provider that ignored the key (an
+            # emulator, or a key older than its 24 h): this call's intent is ours to let go
             _cancel_quietly(gateway, state.reference, f"{payment.idempotency_key}:orphan")
     else:  # what was just stored, without reading it back
         for name, value in (("reference", state.reference), ("status", PaymentStatus.PENDING),
                             ("client_secret", state.client_secret)):
             set_committed_value(payment, name, value)
-    if payment.reference is None:
-        raise InvariantBroken("payment.reference is missing")
-    return payment.reference
 
 
 def adopt(session: Session, *, payment: Payment, reference: str) -> None:
@@ -179,12 +192,18 @@ def adopt(session: Session, *, payment: Payment, reference: str) -> None:
 
 
 def _declined(session: Session, *, payment: Payment, reason: str, message: str,
-              gateway: PaymentGateway) -> Result:
-    # The reason is committed before the cancel, so a re-run after a crash between the
-    # two still reports the card's answer, not the cancellation.
-    session.execute(update(Payment).where(Payment.id == payment.id)
-                    .values(decline_code=reason))
+              gateway: PaymentGateway, reference: str | None = None) -> Result:
+    # The reason (and the intent a confirming create declined on) is committed before
+    # the cancel, so a re-run after a crash between the two still reports the card's
+    # answer, not the cancellation.
+    values: dict[str, object] = {"decline_code": reason}
+    if reference is not None and payment.reference is None:
+        values.update(reference=reference, status=PaymentStatus.PENDING)
+    session.execute(update(Payment).where(Payment.id == payment.id).values(**values))
     session.commit()
+    session.refresh(payment)
+    if payment.reference is None:  # declined before any intent existed: nothing to cancel
+        return _result(payment, Outcome.DECLINED, reason=reason, message=message)
     if payment.reference is None:
         raise InvariantBroken("payment.reference is missing")
     _cancel_quietly(gateway, payment.reference, f"{payment.idempotency_key}:cancel")
@@ -199,22 +218,22 @@ def _cancel_quietly(gateway: PaymentGateway, reference: str, key: str) -> None:
 
 
 def capture(*, payment: Payment, amount: int, gateway: PaymentGateway) -> Result:
-    """Capture an authorized intent; asking first makes a second run harmless.
+    """Capture an authorized intent: one call; its key makes a second run harmless.
 
-    Raises ``PaymentTransientError`` while the answer is unknown: the caller must not
+    A lost answer is retried with the same key, and the provider replays what it did.
+    Only a refusal (already captured under another key, cancelled meanwhile) is looked
+    into. ``PaymentTransientError`` while the answer is unknown: the caller must not
     decide anything about the money until the provider says.
     """
     if payment.reference is None:
-        raise InvariantBroken("payment.reference is missing")
-    state = gateway.retrieve(payment.reference)
-    if state.status is IntentStatus.REQUIRES_CAPTURE:
-        try:
-            state = gateway.capture(payment.reference, amount=amount,
-                                    idempotency_key=f"{payment.idempotency_key}:capture")
-        except PaymentProviderError:
-            state = gateway.retrieve(payment.reference)
-            if state.status is IntentStatus.REQUIRES_CAPTURE:
-                raise
+        raise InvariantBroken(f"payment {payment.id} is captured without an intent")
+    try:
+        state = gateway.capture(payment.reference, amount=amount,
+                                idempotency_key=f"{payment.idempotency_key}:capture")
+    except PaymentProviderError:
+        state = gateway.retrieve(payment.reference)
+        if state.status is IntentStatus.REQUIRES_CAPTURE:
+            raise
     return _settled(classify(payment, state))
 
 

@@ -20,10 +20,11 @@ class WrappedGateway:
         return call()
 
     def create_intent(self, *, amount: int, currency: str, payment_method: str,
-                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
+                      metadata: dict[str, str], idempotency_key: str,
+                      confirm: bool = False) -> IntentState:
         return self.around("create_intent", lambda: self.inner.create_intent(
             amount=amount, currency=currency, payment_method=payment_method,
-            metadata=metadata, idempotency_key=idempotency_key))
+            metadata=metadata, idempotency_key=idempotency_key, confirm=confirm))
 
     def retrieve(self, reference: str) -> IntentState:
         return self.around("retrieve", lambda: self.inner.retrieve(reference))

@@ -131,9 +131,11 @@ def test_retry_after_a_lost_authorization_answer_uses_that_authorization(
     from shop.orders.workflow import giving_up
 
     order_id = place(client)
-    write_rules(gateway.path, [{"op": "confirm", "mode": "lost_answer", "times": 1},
+    # The call that authorizes is the confirming create (issue 19: one call, not
+    # create then confirm); its answer is lost, then the provider goes away.
+    write_rules(gateway.path, [{"op": "create_intent", "mode": "lost_answer", "times": 1},
                                {"op": "*", "mode": "unavailable", "times": None,
-                                "after": "confirm"}])
+                                "after": "create_intent"}])
     with pytest.raises(Exception, match="injected"):
         drive(order_id, gateway)
     with session_scope() as session:

@@ -26,14 +26,18 @@ from shop.messaging.models import OutboxMessage
 from shop.messaging.runner import run_step
 from shop.messaging.service import relay_batch
 from shop.notifications.mailer import FileMailer
+from shop.orders.provider import converge
 from shop.orders.workflow import steps
 from shop.orders.workflow.table import TaskName
+from shop.payments import service as payments
 from shop.payments.dummy import DummyGateway
 from tests.fixtures.api import order_body
 
 pytestmark = [pytest.mark.postgres]
 
-CEILING = {"statements": 44, "commits": 12, "publishes": 7, "provider_calls": 5}
+# Provider calls: 2 since issue 19 (create-and-confirm, capture), from 5 (create,
+# retrieve, confirm, retrieve, capture).
+CEILING = {"statements": 44, "commits": 12, "publishes": 7, "provider_calls": 2}
 
 
 @pytest.fixture
@@ -153,3 +157,43 @@ def test_one_order_costs_at_most_the_committed_figures(
     assert figures["statements"] <= CEILING["statements"], per_phase
     assert figures["commits"] <= CEILING["commits"], per_phase
     assert get_settings().publish_on_commit
+
+
+def test_provider_calls_of_a_declined_and_a_3d_secure_order(
+        client: TestClient, meter: Meter, tmp_path: Path) -> None:
+    """Printed beside the happy path's 2 (issue 19), and held exactly: a declined card
+    costs the confirming create and the cancel that keeps the dashboard honest; a 3-D
+    Secure order costs the create, one look when the customer is back, and the capture."""
+    gateway = CountingGateway(tmp_path / "dummy", meter)
+
+    def run(payment_method: str) -> uuid.UUID:
+        order_id = uuid.UUID(client.post("/v1/orders", json=order_body(
+            payment_method=payment_method)).json()["id"])
+        meter.phase = payment_method
+        with session_scope() as session:
+            steps.check_inventory(session, order_id=order_id)
+            steps.charge_payment(session, order_id=order_id, gateway=gateway, owner="w")
+        return order_id
+
+    declined = run("pm_card_chargeDeclined")
+    three_ds = run("pm_card_authenticationRequired")
+    with session_scope() as session:
+        reference = payments.find_attempt(session, order_id=three_ds, attempt=1)
+        assert reference is not None
+        assert reference.reference is not None
+        meter.phase = "setup"
+        gateway.complete_authentication(reference.reference, success=True)
+        meter.phase = "pm_card_authenticationRequired"
+        converge.converge(session, order_id=three_ds, gateway=gateway, owner="w",
+                          cause=converge.Cause.EVENT)  # what the webhook's task does
+        steps.reserve_stock(session, order_id=three_ds)
+        steps.capture_payment(session, order_id=three_ds, gateway=gateway, owner="w")
+    meter.phase = "setup"
+    calls = {phase: meter.counts[f"{phase}:provider_calls"]
+             for phase in ("pm_card_chargeDeclined", "pm_card_authenticationRequired")}
+    print(f"\nprovider calls: happy path {CEILING['provider_calls']}, "
+          f"declined {calls['pm_card_chargeDeclined']}, "
+          f"3-D Secure {calls['pm_card_authenticationRequired']}")
+    assert client.get(f"/v1/orders/{declined}").json()["status"] == "failed"
+    assert client.get(f"/v1/orders/{three_ds}").json()["status"] == "confirmed"
+    assert calls == {"pm_card_chargeDeclined": 2, "pm_card_authenticationRequired": 3}

@@ -44,7 +44,7 @@ def test_a_lost_capture_answer_keeps_the_order_and_its_stock_until_the_provider_
     gateway.fail_next = ["after_capture"]  # the provider captures; the answer is lost
     with pytest.raises(PaymentTransientError):
         steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
-    gateway.fail_next = ["retrieve"] * 3  # ...and then keeps failing for every retry
+    gateway.fail_next = ["capture"] * 3  # ...and then keeps failing for every retry
     for _ in range(3):
         with pytest.raises(PaymentTransientError):
             steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")

@@ -19,6 +19,7 @@ from shop.orders.models import FulfillmentRequest, Order, Product
 from shop.orders.provider import converge, reconcile
 from shop.orders.workflow import steps, sweeper
 from shop.orders.workflow.table import TaskName
+from shop.payments import service as payments
 from shop.payments.gateway import IntentStatus, PaymentProviderError, PaymentTransientError
 from shop.payments.models import Payment, PaymentStatus, Refund
 from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
@@ -88,18 +89,40 @@ def test_every_step_run_twice_has_the_effect_of_once(
     assert len(queued(session)) == 7  # six steps and one fulfillment event
 
 
-def test_a_rerun_after_a_crash_between_create_and_confirm_reuses_the_stored_intent(
+def test_a_rerun_after_a_lost_create_answer_gets_the_same_intent_by_its_key(
         session: Session, gateway: FakeGateway) -> None:
+    """One call creates and confirms the intent (issue 19). Its answer lost, nothing is
+    stored; the rerun sends the same request with the same key, and the provider
+    replays its first answer: one intent, authorized once, no retrieve."""
     mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
     order = placed_order(mug)
     steps.check_inventory(session, order_id=order.id)
-    gateway.fail_next = ["confirm"]  # the intent is created and stored, then confirm fails
+    gateway.fail_next = ["after_create"]  # authorized at the provider, answer lost
     with pytest.raises(PaymentTransientError):
         steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="first")
     payment = session.scalar(select(Payment))
     assert payment is not None
-    assert payment.reference is not None
-    assert payment.idempotency_key == f"{order.id}:1"
+    assert (payment.reference, payment.idempotency_key) == (None, f"{order.id}:1")
+    steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="retry")
+    assert (gateway.count("create"), gateway.count("confirm")) == (1, 1)
+    assert [op for op, _ in gateway.requests] == ["create", "create"]  # the second, replayed
+    assert reload(session, order.id).stage == "authorized"
+
+
+def test_a_rerun_after_a_crash_between_create_and_confirm_reuses_the_stored_intent(
+        session: Session, gateway: FakeGateway) -> None:
+    """An intent stored unconfirmed (made by 0.1, which created and confirmed in two
+    calls) is confirmed on the rerun, never created again."""
+    mug = ProductFactory(sku="MUG-BLUE", on_hand=10)
+    order = placed_order(mug)
+    steps.check_inventory(session, order_id=order.id)
+    created = gateway.create_intent(amount=order.total, currency=order.currency,
+                                    payment_method=order.payment_method, metadata={},
+                                    idempotency_key=f"{order.id}:1:create")
+    payments.open_attempt(session, order_id=order.id, attempt=1, amount=order.total,
+                          currency=order.currency, provider=gateway.name)
+    session.execute(update(Payment).values(reference=created.reference, status="pending"))
+    session.commit()
     steps.charge_payment(session, order_id=order.id, gateway=gateway, owner="retry")
     assert gateway.count("create") == 1
     assert reload(session, order.id).stage == "authorized"

@@ -8,11 +8,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shop.payments.dummy import DummyGateway, intent_reference
 from shop.payments.gateway import (
+    IdempotencyMismatch,
     IntentState,
     PaymentDeclined,
     PaymentGateway,
@@ -228,14 +230,19 @@ def test_capture_before_confirmation_is_refused(gateway: DummyGateway) -> None:
         gateway.capture(intent.reference, amount=3000, idempotency_key="o1:1:capture")
 
 
-def test_a_refused_write_does_not_burn_its_key(gateway: DummyGateway) -> None:
+def test_a_refused_write_is_replayed_for_its_key_as_stripe_does(gateway: DummyGateway) -> None:
+    """Stripe keeps the answer of a request that started executing, a refusal included
+    (issue 19: the dummy honours keys faithfully); a new attempt needs a new key."""
     intent = create(gateway)
-    with pytest.raises(PaymentProviderError):
+    with pytest.raises(PaymentProviderError) as first:
         gateway.capture(intent.reference, amount=3000, idempotency_key="o1:1:capture")
     gateway.confirm(intent.reference, idempotency_key="o1:1:confirm")
 
-    state = gateway.capture(intent.reference, amount=3000, idempotency_key="o1:1:capture")
+    with pytest.raises(PaymentProviderError) as again:
+        gateway.capture(intent.reference, amount=3000, idempotency_key="o1:1:capture")
+    state = gateway.capture(intent.reference, amount=3000, idempotency_key="o1:1:capture-2")
 
+    assert str(again.value) == str(first.value)
     assert state.status == "succeeded"
 
 
@@ -346,3 +353,52 @@ def test_latency_is_spent_on_each_call(tmp_path: Path) -> None:
     gateway.retrieve(intent.reference)
 
     assert time.monotonic() - started >= 0.1
+
+
+# --- issue 19: create-and-confirm in one call, and Stripe's idempotency, faithfully -------
+
+
+def test_a_confirming_create_authorizes_in_one_call(gateway: DummyGateway) -> None:
+    state = gateway.create_intent(amount=3000, currency="usd", payment_method="pm_card_visa",
+                                  metadata={"order_id": "o1"}, idempotency_key="o1:1:authorize",
+                                  confirm=True)
+    assert (state.status, state.replayed) == ("requires_capture", False)
+
+
+def test_the_same_key_and_parameters_replay_the_answer_marked_as_a_replay(
+        gateway: DummyGateway) -> None:
+    first = gateway.create_intent(amount=3000, currency="usd", payment_method="pm_card_visa",
+                                  metadata={}, idempotency_key="k", confirm=True)
+    gateway.capture(first.reference, amount=3000, idempotency_key="cap")
+    again = gateway.create_intent(amount=3000, currency="usd", payment_method="pm_card_visa",
+                                  metadata={}, idempotency_key="k", confirm=True)
+    captured_again = gateway.capture(first.reference, amount=3000, idempotency_key="cap")
+    assert again == first  # the stored answer, not the intent as it is now
+    assert (again.status, again.replayed) == ("requires_capture", True)
+    assert (captured_again.status, captured_again.replayed) == ("succeeded", True)
+
+
+def test_a_decline_is_replayed_with_its_intent(gateway: DummyGateway) -> None:
+    def declined() -> PaymentDeclined:
+        with pytest.raises(PaymentDeclined) as caught:
+            gateway.create_intent(amount=3000, currency="usd",
+                                  payment_method="pm_card_chargeDeclined", metadata={},
+                                  idempotency_key="k", confirm=True)
+        return caught.value
+
+    first, again = declined(), declined()
+    assert first.reference is not None
+    assert (again.reason, again.reference) == (first.reason, first.reference)
+    assert gateway.retrieve(first.reference).status == "requires_payment_method"
+
+
+@pytest.mark.parametrize("other", [{"amount": 3001}, {"confirm": False},
+                                   {"payment_method": "pm_card_mastercard"}])
+def test_the_same_key_with_other_parameters_is_an_idempotency_error(
+        gateway: DummyGateway, other: dict[str, object]) -> None:
+    request: dict[str, Any] = {"amount": 3000, "currency": "usd",
+                               "payment_method": "pm_card_visa", "metadata": {},
+                               "idempotency_key": "k", "confirm": True}
+    gateway.create_intent(**request)
+    with pytest.raises(IdempotencyMismatch, match="idempotency_error"):
+        gateway.create_intent(**{**request, **other})
