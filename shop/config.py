@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     dummy_payment_latency_ms: int = Field(default=0, ge=0)
     stripe_max_rps: float | None = Field(default=None, gt=0)
+    stripe_endpoint_rps: float = Field(default=25.0, gt=0)
+    # Accepted for deployments that still set it; the shared budget needs no share.
     payment_processes: int = Field(default=1, ge=1)
     payment_faults: Path | None = None
 
@@ -152,17 +154,20 @@ class Settings(BaseSettings):
                 if s.strip()]
 
     @property
-    def provider_rate(self) -> float | None:
-        """This process's share of the provider's request rate (None: unpaced).
+    def provider_limits(self) -> tuple[float, float] | None:
+        """The provider's request rates for the whole deployment: (account, endpoint)
+        per second, or None (unpaced).
 
-        ``SHOP_STRIPE_MAX_RPS`` when set, else Stripe's own limits with margin: 25 with a
-        test key, 90 with a live one; the dummy provider is unpaced unless asked.
+        ``SHOP_STRIPE_MAX_RPS`` when set, else Stripe's documented limits: 100 with a
+        live key, 25 with a test key; each endpoint ``SHOP_STRIPE_ENDPOINT_RPS`` (25).
+        The dummy provider is unpaced unless asked. One budget for every process
+        (``shop.payments.budget``): nothing is divided by a process count.
         """
         total = self.stripe_max_rps
         if total is None and self.provider == "stripe" and self.stripe_api_key is not None:
             live = self.stripe_api_key.get_secret_value().startswith(("sk_live", "rk_live"))
-            total = 90.0 if live else 25.0
-        return None if total is None else total / self.payment_processes
+            total = 100.0 if live else 25.0
+        return None if total is None else (total, min(total, self.stripe_endpoint_rps))
 
     @property
     def broker_is_amqp(self) -> bool:

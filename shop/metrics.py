@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -53,6 +54,10 @@ RELEASE_FAILURES = Counter("shop_payment_release_failures",
                            "Voids or refunds that ran out of attempts (left to reconcile)")
 PROVIDER_AUTH_ERRORS = Counter("shop_payment_provider_auth_errors",
                                "Provider calls refused for the API key (an operator alarm)")
+
+PROVIDER_BUDGET_HEADROOM = Gauge(
+    "shop_provider_budget_headroom", "Calls the shared provider budget could still make at once "
+    "(tokens left after this process's last call)", ["bucket"], multiprocess_mode="mostrecent")
 
 PENDING = "shop.metrics.pending"
 

@@ -301,8 +301,9 @@ def check_payments(settings: Settings) -> Finding:
         return Finding("payments", "FAIL", "a live Stripe key with SHOP_PAYMENT_FAULTS set: "
                        "payment calls would fail on purpose", "unset SHOP_PAYMENT_FAULTS")
     base = f", API at {settings.stripe_api_base}" if settings.stripe_api_base else ""
-    return Finding("payments", "ok", f"Stripe in {mode} mode{base}, at most "
-                   f"{settings.provider_rate:g} requests/s from this process")
+    account, endpoint = settings.provider_limits or (0.0, 0.0)
+    return Finding("payments", "ok", f"Stripe in {mode} mode{base}, at most {account:g} "
+                   f"requests/s (each endpoint {endpoint:g}) for the whole deployment")
 
 
 def _key_mode(key: str) -> Literal["live", "test"] | None:

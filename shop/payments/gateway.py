@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from stripe.params import PaymentIntentCreateParams
 
 # One provider call waits at most CONNECT + READ seconds, after at most MAX_PACING_WAIT
-# for its turn (``shop.payments.pacing``); a payment step makes at most
+# for its turn (``shop.payments.budget``); a payment step makes at most
 # MAX_CALLS_PER_STEP calls, and its soft time limit is above their sum.
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 3.0
@@ -257,6 +257,9 @@ def translate_error(exc: stripe.StripeError) -> PaymentError:
         return PaymentAuthError(text)
     if isinstance(exc, stripe.RateLimitError) or status == 429:
         return PaymentRateLimited(text, retry_after=_retry_after(exc.headers))
+    should_retry = str((exc.headers or {}).get("Stripe-Should-Retry", "")).lower()
+    if should_retry in ("true", "false"):  # Stripe says, and knows better than the status
+        return (PaymentTransientError if should_retry == "true" else PaymentProviderError)(text)
     transient = (
         isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError)
         or exc.code in TRANSIENT_CODES

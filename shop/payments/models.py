@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -105,3 +106,14 @@ class WebhookEvent(Base):
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     outcome: Mapped[str | None] = mapped_column(String(40))
     order_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+
+
+class RateBucket(Base):
+    """One token bucket of the shared provider budget (``shop.payments.budget``): the
+    account's, or one endpoint's. ``tokens`` as of ``updated_at``; refills are computed."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

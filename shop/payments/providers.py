@@ -5,11 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from shop.config import Settings, get_settings
+from shop.db import get_sessionmaker
+from shop.payments.budget import Budget, BudgetedGateway, Limits
 from shop.payments.dummy import DummyGateway
 from shop.payments.faults import FaultyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
 from shop.payments.metered import MeteredGateway
-from shop.payments.pacing import PacedGateway, Pacer
 
 
 def build_gateway(settings: Settings) -> PaymentGateway:
@@ -34,12 +35,15 @@ def build_gateway(settings: Settings) -> PaymentGateway:
 
 
 def layered(gateway: PaymentGateway, settings: Settings) -> PaymentGateway:
-    """``gateway`` as a process uses it: injected faults when asked, paced at this
-    process's share of the provider's rate, every call timed and counted."""
+    """``gateway`` as a process uses it: injected faults when asked, within the
+    deployment's one shared budget of provider calls, every call timed and counted."""
     if settings.payment_faults is not None:
         gateway = FaultyGateway(gateway, settings.payment_faults)
-    if settings.provider_rate is not None:
-        gateway = PacedGateway(gateway, Pacer(settings.provider_rate))
+    if settings.provider_limits is not None:
+        account, endpoint = settings.provider_limits
+        gateway = BudgetedGateway(gateway, Budget(
+            sessions=get_sessionmaker(), limits=Limits(account_rps=account,
+                                                       endpoint_rps=endpoint)))
     return MeteredGateway(gateway)
 
 

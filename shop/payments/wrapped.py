@@ -1,5 +1,5 @@
 """A gateway around another one: every call goes through ``around``, which faults,
-pacing and metering override (``faults.py``, ``pacing.py``, ``metered.py``)."""
+budget and metering override (``faults.py``, ``budget.py``, ``metered.py``)."""
 
 from __future__ import annotations
 

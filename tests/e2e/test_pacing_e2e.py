@@ -30,7 +30,7 @@ def test_a_burst_of_orders_never_exceeds_the_providers_rate_and_all_confirm(
 
     faults = Path(dummy_stack.env["SHOP_PAYMENT_FAULTS"])
     write_rules(faults, [], record=True)
-    dummy_stack.env.update({"SHOP_STRIPE_MAX_RPS": str(RATE), "SHOP_PAYMENT_PROCESSES": "2"})
+    dummy_stack.env.update({"SHOP_STRIPE_MAX_RPS": str(RATE)})  # one budget, shared
     dummy_stack.start_worker("w1", concurrency=2)  # two processes share the rate
     dummy_stack.start_relay()
     with TestClient(create_app()) as api:
@@ -40,5 +40,5 @@ def test_a_burst_of_orders_never_exceeds_the_providers_rate_and_all_confirm(
             for _ in range(12)]
     assert set(wait_terminal(dummy_stack, order_ids, timeout=120).values()) == {"confirmed"}
     log = read_state(faults)["log"]
-    assert len(log) >= 12 * 5  # create, retrieve, confirm, retrieve, capture per order
+    assert len(log) >= 12 * 2  # create-and-confirm, capture per order (issue 19; was 5)
     assert most_in_a_second([at for _, at in log]) <= RATE

@@ -20,6 +20,7 @@ import stripe
 from shop.config import Settings
 from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import (
+    IdempotencyMismatch,
     IntentState,
     PaymentAuthError,
     PaymentDeclined,
@@ -477,6 +478,39 @@ def test_card_errors_become_declines_with_a_stable_reason(
 )
 def test_network_and_server_errors_become_transient(error: stripe.StripeError) -> None:
     assert isinstance(translate_error(error), PaymentTransientError)
+
+
+def test_stripe_should_retry_decides_over_the_status() -> None:
+    """Issue 19: Stripe's ``Stripe-Should-Retry`` header is honoured."""
+    told_to_retry = translate_error(stripe.InvalidRequestError(
+        "lock timeout", param=None, http_status=400, headers={"Stripe-Should-Retry": "true"}))
+    told_not_to = translate_error(stripe.APIError(
+        "do not retry", http_status=500, headers={"Stripe-Should-Retry": "false"}))
+    assert isinstance(told_to_retry, PaymentTransientError)
+    assert isinstance(told_not_to, PaymentProviderError)
+
+
+def test_an_idempotency_error_is_a_mismatch_never_retried() -> None:
+    mapped = translate_error(stripe.IdempotencyError(
+        "Keys for idempotent requests can only be used with the same parameters",
+        http_status=400, code="idempotency_error"))
+    assert isinstance(mapped, IdempotencyMismatch)
+
+
+def test_a_confirming_create_declines_with_its_intent(localstripe_url: str) -> None:
+    """Against the emulator the confirming create is create, then confirm (localstripe
+    skips its decline simulation on a create that confirms); the decline names the intent."""
+    gateway = StripeGateway(api_key="sk_test_x", api_base=localstripe_url, emulator=True)
+    with pytest.raises(PaymentDeclined) as declined:
+        gateway.create_intent(amount=1000, currency="usd",
+                              payment_method=DECLINING_PAYMENT_METHOD, metadata={},
+                              idempotency_key=f"{uuid.uuid4()}:authorize", confirm=True)
+    assert declined.value.reference is not None
+    assert gateway.retrieve(declined.value.reference).status == "requires_payment_method"
+    authorized = gateway.create_intent(
+        amount=1000, currency="usd", payment_method="pm_card_visa", metadata={},
+        idempotency_key=f"{uuid.uuid4()}:authorize", confirm=True)
+    assert authorized.status == "requires_capture"
 
 
 def test_a_429_is_retried_after_stripes_retry_after() -> None:

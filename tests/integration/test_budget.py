@@ -1,0 +1,100 @@
+"""One rate budget for the payment provider, shared by every process (issue 19): the
+buckets live in the database, so processes need no share of their own."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy.orm import Session
+
+from shop.db import Base, build_engine, get_sessionmaker
+from shop.payments.budget import ACCOUNT, ENDPOINTS, Budget, Limits
+from shop.payments.gateway import PaymentRateLimited
+
+CALLER = """
+import json, sys, time
+from shop.db import Base, build_engine, get_sessionmaker
+from shop.payments.budget import Budget, Limits
+from shop.payments.gateway import PaymentRateLimited
+
+budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=100, endpoint_rps=5))
+start, until, taken = float(sys.argv[1]), float(sys.argv[1]) + 10.0, []
+time.sleep(max(0.0, start - time.time()))
+while time.time() < until:
+    try:
+        budget.wait_turn("capture", max_wait=0.5)
+    except PaymentRateLimited as slow:
+        time.sleep(min(slow.retry_after, 0.5))
+        continue
+    now = time.time()
+    if now < until:
+        taken.append(now)
+print(json.dumps(taken))
+"""
+
+
+def most_in_a_second(times: list[float]) -> int:
+    """The most calls in any window [t, t + 1 s)."""
+    times = sorted(times)
+    return max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> str:
+    """A fresh PostgreSQL database with the schema, for processes of their own."""
+    import shop.models  # noqa: F401  (every table on the metadata)
+
+    engine = build_engine(pg_url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return pg_url
+
+
+@pytest.mark.postgres
+def test_three_processes_share_one_budget_never_over_an_endpoints_limit(
+        pg_schema: str) -> None:
+    env = {**os.environ, "SHOP_DATABASE_URL": pg_schema}
+    start = time.time() + 3.0  # all three begin together, after their imports
+    callers = [subprocess.Popen([sys.executable, "-c", CALLER, str(start)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    try:
+        outputs = [c.communicate(timeout=60) for c in callers]
+    finally:
+        for caller in callers:
+            if caller.poll() is None:
+                caller.kill()
+    assert [c.returncode for c in callers] == [0, 0, 0], [err for _, err in outputs]
+    per_process = [json.loads(out) for out, _ in outputs]
+    calls = sorted(t for times in per_process for t in times)
+    print(f"\nthree processes, 10 s, endpoint limit 5/s: {len(calls)} calls "
+          f"({[len(t) for t in per_process]}), at most {most_in_a_second(calls)} in a second")
+
+    assert most_in_a_second(calls) <= 5  # the endpoint's limit, across all three
+    assert len(calls) <= 5 * 10  # and over the whole 10 s
+    assert len(calls) >= 40  # while the budget was used, not starved (4.5/s with margin)
+    assert all(len(times) >= 5 for times in per_process)  # each process got its turns
+
+
+def test_captures_go_before_creates_when_the_account_is_short(session: Session) -> None:
+    budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=10, endpoint_rps=10),
+                    sleep=lambda _: None)
+    assert budget.take("capture") == 0.0  # the account's one call of burst
+    waits = {op: budget.take(op) for op in ("create_intent", "capture")}
+    assert 0 < waits["capture"] < waits["create_intent"]  # a create leaves a reserve
+
+
+def test_a_call_that_would_wait_too_long_is_not_made(session: Session) -> None:
+    budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=100, endpoint_rps=1),
+                    sleep=lambda _: None)
+    budget.wait_turn("retrieve")
+    with pytest.raises(PaymentRateLimited) as slow:
+        budget.wait_turn("retrieve", max_wait=0.1)
+    assert 0.5 < slow.value.retry_after <= 1.2
+    assert ENDPOINTS["retrieve"] != ACCOUNT
