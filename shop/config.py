@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     dummy_payment_latency_ms: int = Field(default=0, ge=0)
+    # "account,endpoint" requests/s the dummy provider allows before answering 429
+    # (Stripe's: "100,25" live, "25,25" in a sandbox); unset: no limit.
+    dummy_payment_limits: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?,\d+(\.\d+)?$")
     stripe_max_rps: float | None = Field(default=None, gt=0)
     stripe_endpoint_rps: float = Field(default=25.0, gt=0)
     # Accepted for deployments that still set it; the shared budget needs no share.

@@ -35,7 +35,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shop import metrics
 from shop.db import insert_for
-from shop.payments.gateway import MAX_PACING_WAIT, PaymentGateway, PaymentRateLimited
+from shop.payments.gateway import (
+    ENDPOINTS,
+    MAX_PACING_WAIT,
+    PaymentGateway,
+    PaymentRateLimited,
+)
 from shop.payments.models import RateBucket
 from shop.payments.wrapped import WrappedGateway
 
@@ -44,16 +49,6 @@ T = TypeVar("T")
 HEADROOM = 0.9
 RESERVE = 0.5  # of the account's burst, kept by creates for captures, refunds and cancels
 ACCOUNT = "account"
-# The gateway's operations, named as the provider's endpoints.
-ENDPOINTS: dict[str, str] = {
-    "create_intent": "POST /v1/payment_intents",
-    "retrieve": "GET /v1/payment_intents/:id",
-    "confirm": "POST /v1/payment_intents/:id/confirm",
-    "capture": "POST /v1/payment_intents/:id/capture",
-    "cancel": "POST /v1/payment_intents/:id/cancel",
-    "refund": "POST /v1/refunds",
-    "list_intents": "GET /v1/payment_intents",
-}
 FIRST = frozenset({"capture", "refund", "cancel"})
 
 

@@ -25,7 +25,9 @@ from typing import Any
 
 from shop.config import VAR_DIR
 from shop.payments.currencies import amount_problem
+from shop.payments.dummy_limits import DummyLimits
 from shop.payments.gateway import (
+    ENDPOINTS,
     IdempotencyMismatch,
     IntentState,
     IntentStatus,
@@ -201,9 +203,12 @@ class DummyGateway:
 
     name = "dummy"
 
-    def __init__(self, *, state_dir: Path = DEFAULT_STATE_DIR, latency_ms: int = 0) -> None:
+    def __init__(self, *, state_dir: Path = DEFAULT_STATE_DIR, latency_ms: int = 0,
+                 limits: tuple[float, float] | None = None) -> None:
         self._store = _Store(state_dir)
         self._latency = latency_ms / 1000
+        self.limits = None if limits is None else DummyLimits(
+            state_dir, account_rps=limits[0], endpoint_rps=limits[1])
 
     def create_intent(
         self, *, amount: int, currency: str, payment_method: str,
@@ -211,7 +216,7 @@ class DummyGateway:
     ) -> IntentState:
         """Create a manual-capture intent, authorized in the same call with ``confirm``;
         the same key gives the same answer (a decline included), marked as a replay."""
-        self._pause()
+        self._pause(ENDPOINTS["create_intent"])
         if not payment_method.startswith("pm_"):
             raise PaymentProviderError(f"No such PaymentMethod: '{payment_method}'")
         problem = amount_problem(amount, currency.upper())
@@ -238,7 +243,7 @@ class DummyGateway:
 
     def retrieve(self, reference: str) -> IntentState:
         """The intent as it is now."""
-        self._pause()
+        self._pause(ENDPOINTS["retrieve"])
         with self._store.locked(reference):
             return self._store.load(reference).state()
 
@@ -284,7 +289,7 @@ class DummyGateway:
     def _write(self, reference: str, key: str, request: dict[str, Any],
                apply: Callable[[_Intent], PaymentDeclined | None]) -> IntentState:
         """Apply one keyed write once; the same key later replays the first reply."""
-        self._pause()
+        self._pause(ENDPOINTS.get(str(request["op"]), str(request["op"])))
         with self._store.locked(reference):
             intent = self._store.load(reference)
             if key in intent.replies:
@@ -300,7 +305,10 @@ class DummyGateway:
             self._store.save(intent)
             return _replay(intent.replies[key], request, replayed=False)
 
-    def _pause(self) -> None:
+    def _pause(self, endpoint: str = "other") -> None:
+        """Each request: counted against the limits (a 429 past them), then its latency."""
+        if self.limits is not None:
+            self.limits.admit(endpoint)
         if self._latency > 0:
             time.sleep(self._latency)
 

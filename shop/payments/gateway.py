@@ -43,6 +43,19 @@ MAX_CALLS_PER_STEP = 5  # the longest path: a release's retrieve, cancel, retrie
 # retrieve; a payment step makes two at most (create and cancel, or capture and retrieve)
 
 
+# Each operation of the gateway is its own endpoint at the provider, with its own rate
+# limit (Stripe: 25/s each by default) under the account's.
+ENDPOINTS: dict[str, str] = {
+    "create_intent": "POST /v1/payment_intents",
+    "retrieve": "GET /v1/payment_intents/:id",
+    "confirm": "POST /v1/payment_intents/:id/confirm",
+    "capture": "POST /v1/payment_intents/:id/capture",
+    "cancel": "POST /v1/payment_intents/:id/cancel",
+    "refund": "POST /v1/refunds",
+    "list_intents": "GET /v1/payment_intents",
+}
+
+
 class PaymentError(Exception):
     """Base of every payment-provider error."""
 

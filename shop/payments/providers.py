@@ -29,8 +29,12 @@ def build_gateway(settings: Settings) -> PaymentGateway:
             emulator=settings.stripe_api_base is not None,
         )
     else:
-        gateway = DummyGateway(state_dir=settings.data_dir / "dummy_payments",
-                               latency_ms=settings.dummy_payment_latency_ms)
+        limits = settings.dummy_payment_limits
+        gateway = DummyGateway(
+            state_dir=settings.data_dir / "dummy_payments",
+            latency_ms=settings.dummy_payment_latency_ms,
+            limits=None if limits is None else (float(limits.split(",")[0]),
+                                                float(limits.split(",")[1])))
     return gateway
 
 

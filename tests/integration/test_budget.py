@@ -8,14 +8,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
 
 from shop.db import Base, build_engine, get_sessionmaker
-from shop.payments.budget import ACCOUNT, ENDPOINTS, Budget, Limits
-from shop.payments.gateway import PaymentRateLimited
+from shop.payments.budget import ACCOUNT, Budget, BudgetedGateway, Limits
+from shop.payments.dummy import DummyGateway
+from shop.payments.gateway import ENDPOINTS, PaymentRateLimited
 
 CALLER = """
 import json, sys, time
@@ -98,3 +101,49 @@ def test_a_call_that_would_wait_too_long_is_not_made(session: Session) -> None:
         budget.wait_turn("retrieve", max_wait=0.1)
     assert 0.5 < slow.value.retry_after <= 1.2
     assert ENDPOINTS["retrieve"] != ACCOUNT
+
+
+def test_the_dummy_answers_429_past_its_limits(tmp_path: Path) -> None:
+    dummy = DummyGateway(state_dir=tmp_path, limits=(100, 2))
+    intent = dummy.create_intent(amount=1000, currency="usd", payment_method="pm_card_visa",
+                                 metadata={}, idempotency_key="k", confirm=True)
+    dummy.retrieve(intent.reference)
+    dummy.retrieve(intent.reference)
+    with pytest.raises(PaymentRateLimited) as slow:
+        dummy.retrieve(intent.reference)
+    assert 0 < slow.value.retry_after <= 1.0
+    assert dummy.limits is not None
+    assert dummy.limits.limited() == 1
+
+
+def test_the_shared_budget_keeps_the_dummy_from_ever_answering_429(
+        session: Session, tmp_path: Path) -> None:
+    """Four threads calling as fast as they can through the budget, against a dummy
+    that enforces the same limits: no 429, and the calls are made."""
+    dummy = DummyGateway(state_dir=tmp_path, limits=(100, 5))
+    intent = dummy.create_intent(amount=1000, currency="usd", payment_method="pm_card_visa",
+                                 metadata={}, idempotency_key="k", confirm=True)
+    time.sleep(1.1)  # the create's second is over
+    gateway = BudgetedGateway(dummy, Budget(sessions=get_sessionmaker(),
+                                            limits=Limits(account_rps=100, endpoint_rps=5)))
+    made: list[float] = []
+
+    def call() -> None:
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            try:
+                gateway.retrieve(intent.reference)
+                made.append(time.monotonic())
+            except PaymentRateLimited as slow:
+                if "dummy 429" in str(slow):
+                    raise
+                time.sleep(min(slow.retry_after, 0.2))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert dummy.limits is not None
+    assert dummy.limits.limited() == 0
+    assert len(made) >= 12  # about 4.5/s for 3 s
