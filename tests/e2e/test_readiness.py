@@ -77,7 +77,7 @@ def test_checkout_stays_ready_while_the_broker_is_unreachable_and_the_relay_catc
         assert ready.json() == {"status": "ok"}
         assert health.status_code == 503
         assert "broker" in health.json()["down"]
-        assert took < 5 * HELD, f"{HELD} checkouts took {took:.1f}s with the broker away"
+        assert took < 10, f"{HELD} checkouts took {took:.1f}s with the broker away"
         time.sleep(2)  # the relay keeps trying meanwhile, and gets nowhere
         assert statuses(held) == dict.fromkeys(held, "pending")
         assert unpublished() >= HELD
