@@ -34,9 +34,13 @@ run: $(STAMP)
 ##       database and vhost); the end-to-end runs and the fast chaos subset on
 ##       E2E_JOBS processes (each starts its own workers, relay and servers); then, alone,
 ##       the tests that stop a shared service (marked exclusive). A phase that a -k
-##       selects nothing from is fine; all of them empty is not.
+##       selects nothing from is fine; all of them empty is not. SHOP_TEST_DATABASE_URL
+##       and SHOP_TEST_BROKER_URL, when unset, point at the machine's PostgreSQL
+##       (127.0.0.1:5432, user postgres) and RabbitMQ (127.0.0.1:5672, guest) if they
+##       answer (tests/fixtures/local_services.py; SHOP_TEST_DETECT=0 turns it off);
+##       otherwise their tests skip, and each phase ends saying so.
 test: $(STAMP)
-	@status=0; empty=0; \
+	@eval "$$($(BIN)/python -m tests.fixtures.local_services)"; status=0; empty=0; \
 	run() { $(BIN)/pytest "$$@" $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then empty=$$((empty + 1)); \
 		elif [ $$rc -ne 0 ]; then status=$$rc; fi; }; \

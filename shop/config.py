@@ -29,58 +29,117 @@ def redact_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Every setting the shop reads; defaults run on one machine with no servers."""
+    """Every setting the shop reads; defaults run on one machine with no servers.
+
+    Each field's description is what docs/settings.md and .env.example say about it
+    (``shop settings-doc`` writes both)."""
 
     model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", extra="ignore")
 
-    data_dir: Path = VAR_DIR
-    database_url: str = ""
-    db_pool_size: int = Field(default=5, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
-    broker_url: str = ""
-    broker_polling_interval: float = Field(default=0.1, gt=0)
+    data_dir: Path = Field(default=VAR_DIR, description=(
+        "where the embedded defaults live (SQLite file, filesystem broker, `.eml` mail, "
+        "dummy payments, beat schedule)"))
+    database_url: str = Field(default="", description=(
+        "SQLAlchemy URL; PostgreSQL in production (`postgresql+psycopg://…`); unset: a "
+        "SQLite file, `$SHOP_DATA_DIR/shop.sqlite3`"))
+    db_pool_size: int = Field(default=5, ge=1, description=(
+        "each process's SQLAlchemy pool; at least a threads pool's size"))
+    db_max_overflow: int = Field(default=10, ge=0, description=(
+        "connections a process may open beyond its pool"))
+    broker_url: str = Field(default="", description=(
+        "Celery broker; RabbitMQ in production (`amqp://…`); unset: an embedded broker "
+        "needing no server (kombu's filesystem transport under `$SHOP_DATA_DIR/broker`)"))
+    broker_polling_interval: float = Field(default=0.1, gt=0, description=(
+        "seconds between polls of the embedded broker"))
 
-    payment_provider: Literal["stripe", "dummy"] | None = None
-    stripe_api_key: SecretStr | None = None
-    stripe_api_base: str | None = None
-    stripe_webhook_secret: SecretStr | None = None
-    dummy_payment_latency_ms: int = Field(default=0, ge=0)
-    # "account,endpoint" requests/s the dummy provider allows before answering 429
-    # (Stripe's: "100,25" live, "25,25" in a sandbox); unset: no limit.
-    dummy_payment_limits: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?,\d+(\.\d+)?$")
-    stripe_max_rps: float | None = Field(default=None, gt=0)
-    stripe_endpoint_rps: float = Field(default=25.0, gt=0)
-    # Accepted for deployments that still set it; the shared budget needs no share.
-    payment_processes: int = Field(default=1, ge=1)
-    payment_faults: Path | None = None
+    payment_provider: Literal["stripe", "dummy"] | None = Field(default=None, description=(
+        "the payment provider; unset: `stripe` when `SHOP_STRIPE_API_KEY` is set, else "
+        "`dummy`"))
+    stripe_api_key: SecretStr | None = Field(default=None, description=(
+        "Stripe secret key (`sk_live_…`, `sk_test_…`, or a restricted `rk_…`)"))
+    stripe_api_base: str | None = Field(default=None, description=(
+        "Stripe API base address (a local Stripe emulator in tests); unset: Stripe's own"))
+    stripe_webhook_secret: SecretStr | None = Field(default=None, description=(
+        "endpoint secret for webhook signatures; several, comma-separated, during a "
+        "rotation; unset: the webhook route answers 503"))
+    dummy_payment_latency_ms: int = Field(default=0, ge=0, description=(
+        "how long each dummy-provider call takes, to stand in for a real provider"))
+    dummy_payment_limits: str | None = Field(
+        default=None, pattern=r"^\d+(\.\d+)?,\d+(\.\d+)?$", description=(
+            "`account,endpoint` requests/s the dummy provider allows before it answers 429 "
+            "with `Retry-After`, as Stripe would (`100,25` live, `25,25` in a sandbox); "
+            "unset: no limit"))
+    stripe_max_rps: float | None = Field(default=None, gt=0, description=(
+        "the most payment-provider requests per second for the whole deployment (one "
+        "budget, kept in the database); unset: Stripe's 25 with a test key, 100 with a "
+        "live key, and no limit on the dummy provider"))
+    stripe_endpoint_rps: float = Field(default=25.0, gt=0, description=(
+        "the most requests per second to one provider endpoint (create, retrieve, "
+        "confirm, capture, cancel, refund), within `SHOP_STRIPE_MAX_RPS`"))
+    payment_processes: int = Field(default=1, ge=1, description=(
+        "accepted and ignored: the shared budget needs no per-process share (it divided "
+        "`SHOP_STRIPE_MAX_RPS` among processes)"))
+    payment_faults: Path | None = Field(default=None, description=(
+        "a JSON file of faults to inject at the payment gateway boundary, for drills and "
+        "tests (`shop/payments/faults.py`); never set it in production"))
 
-    smtp_url: SecretStr | None = None
-    mail_from: str = "shop@localhost"
-    mail_dir: Path | None = None
-    report_recipients: str = ""
+    smtp_url: SecretStr | None = Field(default=None, description=(
+        "`smtp://[user:pass@]host:port` (`smtps://` or `?starttls=1` for TLS); unset: "
+        "emails are written as `.eml` files under `SHOP_MAIL_DIR`"))
+    mail_from: str = Field(default="shop@localhost", description="sender address")
+    mail_dir: Path | None = Field(default=None, description=(
+        "where the file mailer writes; unset: `$SHOP_DATA_DIR/mail`"))
+    report_recipients: str = Field(default="", description=(
+        "comma-separated management addresses for the daily report; unset: the report "
+        "is built and stored, not mailed"))
 
-    admin_token: SecretStr | None = None
-    requires_action_timeout: float = Field(default=3600.0, gt=0)
-    timezone: str = "UTC"
-    log_format: Literal["json", "console"] = "console"
-    checkout_rate: float = Field(default=50.0, gt=0)  # per client, per API process
-    checkout_burst: float = Field(default=100.0, ge=1)
-    trust_forwarded_for: bool = False
-    trusted_proxy_hops: int = Field(default=1, ge=1)  # proxies that append X-Forwarded-For
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    report_time: str = "00:15"
-    report_low_stock: int = Field(default=5, ge=0)
+    admin_token: SecretStr | None = Field(default=None, description=(
+        "bearer token for `/admin`, at least 16 characters; unset or empty: `/admin` "
+        "answers 503 (`shop dev` generates one and prints it)"))
+    requires_action_timeout: float = Field(default=3600.0, gt=0, description=(
+        "seconds an order may wait for 3-D Secure before it is cancelled and failed"))
+    timezone: str = Field(default="UTC", description=(
+        "the shop's local day, for the daily report (an IANA zone, `Europe/London`)"))
+    log_format: Literal["json", "console"] = Field(default="console", description=(
+        "one JSON object per line, or text"))
+    checkout_rate: float = Field(default=50.0, gt=0, description=(
+        "checkouts a second per client, per API process"))
+    checkout_burst: float = Field(default=100.0, ge=1, description=(
+        "checkouts a client may make at once before the rate applies, per API process"))
+    trust_forwarded_for: bool = Field(default=False, description=(
+        "take the client from `X-Forwarded-For` (only behind proxies that append to it)"))
+    trusted_proxy_hops: int = Field(default=1, ge=1, description=(
+        "how many proxies in front of the API append to `X-Forwarded-For`: the client is "
+        "that many entries from the right"))
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "a worker serves its Prometheus metrics on this port; unset: it serves none"))
+    report_time: str = Field(default="00:15", description=(
+        "local time (HH:MM) at which beat builds the previous day's report"))
+    report_low_stock: int = Field(default=5, ge=0, description=(
+        "available units under which the daily report lists a product"))
 
-    retry_max_attempts: int = Field(default=5, ge=1)
-    retry_base_delay: float = Field(default=2.0, ge=0)
-    retry_max_delay: float = Field(default=300.0, ge=0)
-    max_deliveries: int = Field(default=10, ge=1)
-    stuck_after_seconds: float = Field(default=300.0, ge=1)
+    retry_max_attempts: int = Field(default=5, ge=1, description=(
+        "attempts of a step that fails transiently before the order fails"))
+    retry_base_delay: float = Field(default=2.0, ge=0, description=(
+        "seconds before the first retry; doubles each time, with jitter"))
+    retry_max_delay: float = Field(default=300.0, ge=0, description=(
+        "the longest wait between retries, in seconds"))
+    max_deliveries: int = Field(default=10, ge=1, description=(
+        "starts of one task message before it is dead-lettered (a task that kills its "
+        "worker every time)"))
+    stuck_after_seconds: float = Field(default=300.0, ge=1, description=(
+        "how long an order may sit still before the sweeper resends its step"))
 
-    relay_batch_size: int = Field(default=100, ge=1)
-    relay_poll_interval: float = Field(default=0.1, gt=0)
-    publish_on_commit: bool = True
-    outbox_grace_seconds: float = Field(default=10.0, ge=0)
+    relay_batch_size: int = Field(default=100, ge=1, description=(
+        "outbox rows the relay reads at a time"))
+    relay_poll_interval: float = Field(default=0.1, gt=0, description=(
+        "seconds between the relay's reads of the outbox"))
+    publish_on_commit: bool = Field(default=True, description=(
+        "publish outbox rows right after their commit (off: the relay carries every "
+        "message)"))
+    outbox_grace_seconds: float = Field(default=10.0, ge=0, description=(
+        "how long the relay leaves an outbox row to its direct publish and its consumer "
+        "before sending it itself"))
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

@@ -1,9 +1,10 @@
-"""Test-wide setup: each test gets its own ``var/`` and settings read afresh."""
+"""Test-wide setup: each test gets its own ``var/`` and settings read afresh, and a run
+that skipped tests for want of PostgreSQL or RabbitMQ ends saying so."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,36 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     yield
     get_settings.cache_clear()
     reset_engine()
+
+
+SERVICES = {"SHOP_TEST_DATABASE_URL": "PostgreSQL", "SHOP_TEST_BROKER_URL": "RabbitMQ"}
+
+
+def skipped_for_services(reports: list[pytest.TestReport]) -> str | None:
+    """One line saying how many tests skipped for want of each service, and why."""
+    counts: dict[str, int] = {}
+    why: dict[str, str] = {}
+    for report in reports:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        var = next((v for v in SERVICES if v in reason), None)
+        if var is not None:
+            counts[var] = counts.get(var, 0) + 1
+            why.setdefault(var, reason.removeprefix("Skipped: "))
+    if not counts:
+        return None
+    each = "; ".join(f"{counts[v]} without {SERVICES[v]} ({why[v]})" for v in SERVICES
+                     if v in counts)
+    total = sum(counts.values())
+    return (f"{total} test{'s' * (total != 1)} SKIPPED for want of their services: {each}. "
+            "`make test` uses 127.0.0.1:5432 and :5672 when they answer, .ci/run starts "
+            "them (docs/testing.md)")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(
+        terminalreporter: pytest.TerminalReporter) -> Generator[None, None, None]:
+    """After the short summary, right above the final counts: what skipped and why."""
+    yield
+    line = skipped_for_services(terminalreporter.stats.get("skipped", []))
+    if line is not None:
+        terminalreporter.write_line(line, yellow=True, bold=True)

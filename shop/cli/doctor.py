@@ -1,13 +1,24 @@
 """``shop doctor``: is this machine's configuration complete, and does everything answer?
 
 One finding per check, each a plain line that says what is wrong and how to fix it:
-the database, its migrations, the broker, the SMTP server, the payment provider's key
-and the webhook secret, the admin token. Every network check gives up after
-``TIMEOUT`` seconds, so the doctor never hangs on an address that drops packets.
+the database, its migrations, the broker, a consumer on each task queue, the SMTP
+server, the payment provider's key and the webhook secret, the admin token. Every
+network check gives up after ``TIMEOUT`` seconds, so the doctor never hangs on an
+address that drops packets.
 URLs are shown with their password replaced by ``***``, and no secret is printed.
 
 Errors from the database, the broker and SMTP stop here: each becomes a finding, and
 the doctor carries on with the next check.
+
+A task queue that nobody consumes is a problem even though everything answers: no
+worker on ``reports`` means no daily report, ever, and nothing else says so. On
+RabbitMQ a passive declare of each queue of ``QUEUES`` returns its consumer count, and
+a declared queue with none fails, naming the queue. A queue not declared yet (nothing
+has started) is a warning, so the doctor can run before the workers start. There is
+no Prometheus alert for it in ``deploy/prometheus/alerts.yml``: the shop serves no
+metric of queue consumers (a worker knows only its own queues), and the rules name
+only metrics the shop serves. RabbitMQ's own Prometheus plugin exports
+``rabbitmq_queue_consumers``, for whoever scrapes RabbitMQ too.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from shop.config import Settings, redact_url
-from shop.messaging.broker import DEAD_LETTER_EXCHANGE, EVENTS, transport_options
+from shop.messaging.broker import DEAD_LETTER_EXCHANGE, EVENTS, QUEUES, transport_options
 from shop.migrate import alembic_config
 from shop.notifications.mailer import parse_smtp_url
 
@@ -61,9 +72,14 @@ def examine(settings: Settings) -> list[Finding]:
         findings.append(Finding("migrations", "skip", "not checked: the database does not answer"))
     else:
         findings.append(_guarded("migrations", lambda: check_migrations(settings), secrets))
-    for name, check in (("broker", check_broker), ("smtp", check_smtp),
-                        ("payments", check_payments), ("webhooks", check_webhooks),
-                        ("admin", check_admin)):
+    broker = _guarded("broker", lambda: check_broker(settings), secrets)
+    findings.append(broker)
+    if broker.status == "FAIL":
+        findings.append(Finding("queues", "skip", "not checked: the broker does not answer"))
+    else:
+        findings.append(_guarded("queues", lambda: check_queues(settings), secrets))
+    for name, check in (("smtp", check_smtp), ("payments", check_payments),
+                        ("webhooks", check_webhooks), ("admin", check_admin)):
         findings.append(_guarded(name, functools.partial(check, settings), secrets))
     return findings
 
@@ -230,6 +246,45 @@ def _missing_exchanges(conn: Connection) -> list[str]:
             with contextlib.suppress(Exception):  # the broker closed it already (404)
                 channel.close()
     return missing
+
+
+def check_queues(settings: Settings) -> Finding:
+    """Every task queue has a consumer (RabbitMQ only: the embedded brokers cannot say)."""
+    if not settings.broker_is_amqp:
+        return Finding("queues", "skip", "only RabbitMQ says who consumes a queue")
+    with Connection(settings.broker_url, connect_timeout=TIMEOUT,
+                    transport_options=transport_options(settings)) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=TIMEOUT)
+        consumers = {name: _consumers(conn, name) for name in QUEUES}
+    idle = [name for name, count in consumers.items() if count == 0]
+    undeclared = [name for name, count in consumers.items() if count is None]
+    not_yet = (f"; {', '.join(undeclared)} not declared yet" if undeclared else "")
+    if idle:
+        their = "its" if len(idle) == 1 else "their"
+        return Finding("queues", "FAIL", f"no worker consumes {', '.join(idle)}: {their} "
+                       f"tasks wait forever{not_yet}",
+                       f"start a worker that consumes {' and '.join(idle)} (celery -A shop "
+                       f"worker -Q {','.join(idle)}; docs/deployment.md)")
+    if undeclared:
+        return Finding("queues", "warn", f"{', '.join(undeclared)} not declared yet: no "
+                       "worker consuming it has started", "start the workers (every queue "
+                       f"of {', '.join(QUEUES)} needs one)")
+    counts = ", ".join(f"{name} {count}" for name, count in consumers.items())
+    return Finding("queues", "ok", f"every task queue has a consumer ({counts})")
+
+
+def _consumers(conn: Connection, queue: str) -> int | None:
+    """How many consumers ``queue`` has, or None when it is not declared (passive)."""
+    channel = conn.channel()
+    try:
+        return int(channel.queue_declare(queue, passive=True).consumer_count)
+    except Exception as exc:
+        if getattr(exc, "code", None) != 404:  # AMQP's NOT_FOUND
+            raise
+        return None
+    finally:
+        with contextlib.suppress(Exception):  # the broker closed it already (404)
+            channel.close()
 
 
 # --- SMTP ----------------------------------------------------------------------------

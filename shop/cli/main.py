@@ -1,4 +1,5 @@
-"""The ``shop`` command: migrate, seed, relay, dev, report, orders, reconcile, doctor.
+"""The ``shop`` command: migrate, seed, relay, dev, report, orders, reconcile, doctor,
+settings-doc.
 
 A bad ``SHOP_`` setting ends any command with one line on stderr and exit status 2.
 """
@@ -85,6 +86,14 @@ def _doctor(_: argparse.Namespace) -> int:
         print(finding.line(), flush=True)
     print(doctor.summary(findings))
     return 1 if any(f.status == "FAIL" for f in findings) else 0
+
+
+def _settings_doc(args: argparse.Namespace) -> int:
+    """Print docs/settings.md (or, with ``--env``, .env.example) as the code defines them."""
+    from shop.cli import settings_doc
+
+    print(settings_doc.env_example() if args.env else settings_doc.page(), end="")
+    return 0
 
 
 def parse_day(text: str) -> dt.date | None:
@@ -253,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
         run=_reconcile)
     sub.add_parser("doctor", help="check the configuration and that every service "
                    "answers; exit 1 when something is wrong").set_defaults(run=_doctor)
+    settings = sub.add_parser("settings-doc", help="print the settings page (docs/settings.md) "
+                              "written from the code")
+    settings.add_argument("--env", action="store_true",
+                          help="print .env.example instead: every setting at its default")
+    settings.set_defaults(run=_settings_doc)
     orders_commands.register(sub)
 
     report = sub.add_parser("report", help="sales reports").add_subparsers(

@@ -1,5 +1,12 @@
-"""Operations routes: ``GET /healthz`` (readiness: the database, the broker and the
-outbox's lag), ``GET /livez`` (the process answers) and ``GET /metrics`` (Prometheus).
+"""Operations routes: ``GET /readyz`` (readiness, for load balancers: the database
+answers), ``GET /healthz`` (health, for people and alerts: the database, the broker and
+the outbox's lag), ``GET /livez`` (the process answers) and ``GET /metrics`` (Prometheus).
+
+Readiness asks only what checkout needs. A checkout commits its order and its outbox
+row in one transaction, so while RabbitMQ or the relay is down the outbox holds the
+order and the API keeps taking them; a load balancer that took replicas out of the
+pool over the broker would turn a delay into an outage. ``/healthz`` still says 503
+then, naming the broker, for whoever must fix it.
 
 Anonymous callers learn what is down, never why: exception text goes to the log.
 """
@@ -23,6 +30,7 @@ from shop.messaging.service import OutboxCollector, outbox_lag
 
 router = APIRouter(tags=["health"])
 OUTBOX_LAG_ALLOWED = 60.0  # seconds beyond the relay's grace
+RETRY_AFTER = "5"  # seconds, on a 503 from /readyz
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +63,23 @@ def _broker() -> tuple[bool, Any]:
 def livez() -> dict[str, str]:
     """200 while the process answers (no dependency is checked)."""
     return {"status": "ok"}
+
+
+@router.get("/readyz", responses={
+    200: {"description": "The database answers: this replica can take checkouts"},
+    503: {"description": "The database does not answer; `Retry-After` says when to ask again"},
+})
+def readyz() -> JSONResponse:
+    """200 when the database answers, 503 with ``Retry-After`` when it does not. The
+    broker is never asked: checkout needs only the database (the outbox holds messages)."""
+    try:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+    except Exception:
+        log.exception("readiness check: the database does not answer")
+        return JSONResponse({"status": "unavailable", "down": ["database"]}, status_code=503,
+                            headers={"Retry-After": RETRY_AFTER})
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/healthz", responses={

@@ -173,6 +173,22 @@ def test_healthz_names_what_is_down_without_exception_text(
     assert "127.0.0.1" not in response.text
 
 
+def test_readyz_ignores_the_broker_and_is_503_with_retry_after_only_without_the_database(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//")
+    get_settings.cache_clear()
+    assert client.get("/readyz").json() == {"status": "ok"}
+    monkeypatch.setenv("SHOP_DATABASE_URL",
+                       f"postgresql+psycopg://shop:topsecret@127.0.0.1:{free_port()}/shop")
+    get_settings.cache_clear()
+    reset_engine()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json() == {"status": "unavailable", "down": ["database"]}
+    assert "topsecret" not in response.text
+
+
 # --- what the OpenAPI document promises ----------------------------------------------------
 
 def test_openapi_states_the_bounds_and_the_admin_scheme_honestly(client: TestClient) -> None:

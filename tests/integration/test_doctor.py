@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Connection
 
-from shop.messaging.broker import declare_topology
+from shop.config import Settings
+from shop.messaging.broker import QUEUES, declare_topology, task_queues
 from shop.migrate import upgrade
 from tests.fixtures.smtp import free_port
 
@@ -27,6 +30,22 @@ def doctor(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float
     done = subprocess.run([sys.executable, "-m", "shop.cli", "doctor"], env={**clean, **env},
                           capture_output=True, text=True, timeout=60, check=False)
     return done, time.monotonic() - started
+
+
+@contextmanager
+def consuming(broker: str, names: tuple[str, ...]) -> Iterator[None]:
+    """The task queues declared as a worker declares them, and a consumer on ``names``
+    for as long as the block runs."""
+    queues = task_queues(Settings(broker_url=broker))
+    with Connection(broker) as conn:
+        for queue in queues:
+            queue(conn.default_channel).declare()
+        consumer = conn.Consumer([q for q in queues if q.name in names], accept=["json"])
+        consumer.consume()
+        try:
+            yield
+        finally:
+            consumer.cancel()
 
 
 def lines_by_check(stdout: str) -> dict[str, str]:
@@ -66,16 +85,17 @@ def test_postgresql_rabbitmq_smtp_and_a_stripe_test_key_all_pass(
     upgrade(pg_url)
     with Connection(vhost_url) as conn:
         declare_topology(conn)  # as a worker does when it starts
-    done, took = doctor({
-        "SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
-        "SHOP_SMTP_URL": smtp_server.url, "SHOP_STRIPE_API_KEY": f"sk_test_{SECRET}",
-        "SHOP_STRIPE_WEBHOOK_SECRET": f"whsec_{SECRET}", "SHOP_ADMIN_TOKEN": ADMIN,
-        "SHOP_DATA_DIR": str(tmp_path)})
+    with consuming(vhost_url, QUEUES):  # and a worker on every queue
+        done, took = doctor({
+            "SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
+            "SHOP_SMTP_URL": smtp_server.url, "SHOP_STRIPE_API_KEY": f"sk_test_{SECRET}",
+            "SHOP_STRIPE_WEBHOOK_SECRET": f"whsec_{SECRET}", "SHOP_ADMIN_TOKEN": ADMIN,
+            "SHOP_DATA_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stdout + done.stderr
     checks = lines_by_check(done.stdout)
     assert {name: line.split()[0] for name, line in checks.items()} == dict.fromkeys(
-        ["database", "migrations", "broker", "smtp", "payments", "webhooks", "admin"], "ok"), \
-        done.stdout
+        ["database", "migrations", "broker", "queues", "smtp", "payments", "webhooks",
+         "admin"], "ok"), done.stdout
     assert "PostgreSQL" in checks["database"]
     assert "max_connections" in checks["database"]
     assert "Stripe in test mode" in checks["payments"]
@@ -83,6 +103,37 @@ def test_postgresql_rabbitmq_smtp_and_a_stripe_test_key_all_pass(
     assert ADMIN not in done.stdout
     assert done.stdout.splitlines()[-1] == "shop doctor: all checks passed (0 warnings)"
     assert took < 20
+
+
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_a_task_queue_without_a_consumer_fails_naming_the_queue(
+        pg_url: str, vhost_url: str, tmp_path: Path) -> None:
+    upgrade(pg_url)
+    with Connection(vhost_url) as conn:
+        declare_topology(conn)
+    with consuming(vhost_url, ("orders", "payments", "notifications")):  # none on reports
+        done, _ = doctor({"SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
+                          "SHOP_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    queues = lines_by_check(done.stdout)["queues"]
+    assert queues.startswith("FAIL  queues: no worker consumes reports:"), queues
+    assert "-Q reports" in queues
+    assert "orders" not in queues.split("->")[0]
+    assert lines_by_check(done.stdout)["broker"].startswith("ok")
+    assert done.stdout.splitlines()[-1] == "shop doctor: 1 problem (queues)"
+
+
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_task_queues_not_declared_yet_are_a_warning_before_the_workers_start(
+        pg_url: str, vhost_url: str, tmp_path: Path) -> None:
+    upgrade(pg_url)
+    done, _ = doctor({"SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
+                      "SHOP_DATA_DIR": str(tmp_path)})
+    queues = lines_by_check(done.stdout)["queues"]
+    assert queues.startswith(f"warn  queues: {', '.join(QUEUES)} not declared yet"), queues
+    assert "FAIL" not in done.stdout, done.stdout
 
 
 def test_a_schema_behind_the_code_says_to_run_shop_migrate(tmp_path: Path) -> None:
