@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import logs
+from shop import logs, tracing
 from shop.celery import install_publisher
 from shop.config import get_settings
 from shop.orders import router as orders_router
@@ -59,6 +59,9 @@ def create_app() -> FastAPI:
                        burst=settings.checkout_burst,
                        trust_forwarded=settings.trust_forwarded_for,
                        trusted_hops=settings.trusted_proxy_hops)
+    if tracing.enabled(settings):  # inside RequestIds: the span knows the request id
+        tracing.configure(settings, "shop-api")
+        app.add_middleware(tracing.HttpSpans)
     app.add_middleware(RequestIds)
     logs.configure(settings.log_format)
     install_publisher()  # checkouts publish their first step right after the commit
