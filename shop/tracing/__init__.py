@@ -9,8 +9,10 @@ OpenTelemetry API, whose tracer makes no-op spans.
 
 What makes spans:
 
-- the API: one server span per HTTP request (method, route), parented by the caller's
-  ``traceparent`` header when it sends one (``HttpSpans``);
+- the API: FastAPI's own telemetry (``fastapi.telemetry``, on once a tracer provider is
+  set) makes one server span per HTTP request (method, route, status; the caller's
+  ``traceparent`` header parents it) and spans for its endpoint; the shop adds the
+  request id (``shop.api.RequestIds``);
 - every Celery task: a consumer span named after the task (task name, order id), whose
   parent is the span that wrote the task's outbox row (``task_started``/``task_finished``);
 - every payment provider call (``shop.payments.traced``) and every email send
@@ -34,9 +36,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import logs
 from shop.config import Settings
 
 TRACER = "shop"
@@ -88,41 +88,9 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
         yield current
 
 
-class HttpSpans:
-    """One server span per HTTP request: ``<METHOD> <route>``, its status code, and the
-    request id; the caller's ``traceparent`` header parents it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1")
-                   for key, value in scope.get("headers") or []}
-        parent = context_from(headers.get(HEADER))
-        method = str(scope.get("method", "GET"))
-        with tracer().start_as_current_span(
-                method, context=parent, kind=SpanKind.SERVER, attributes={
-                    "http.request.method": method, "url.path": str(scope.get("path", "")),
-                    "shop.request_id": logs.REQUEST_ID.get() or ""}) as current:
-
-            async def send_with_status(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                    current.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        current.set_status(Status(StatusCode.ERROR))
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_with_status)
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                if route:
-                    current.set_attribute("http.route", str(route))
-                    current.update_name(f"{method} {route}")
+def annotate(**attributes: str) -> None:
+    """Add ``attributes`` to the current span (none when tracing is off: a no-op)."""
+    trace.get_current_span().set_attributes(attributes)
 
 
 _running: dict[str, tuple[Span, Token[otel_context.Context]]] = {}
