@@ -55,7 +55,11 @@ def configure(settings: Settings, service: str) -> None:
     global _configured
     if not enabled(settings) or _configured is not None:
         return
-    sdk = importlib.import_module("shop.tracing.sdk")  # the SDK only when tracing is on
+    try:  # the SDK only when tracing is on
+        sdk = importlib.import_module("shop.tracing.sdk")
+    except ImportError as exc:
+        raise RuntimeError(f"SHOP_TRACING={settings.tracing} needs the tracing extra "
+                           f"(pip install 'shop[tracing]'): {exc}") from exc
     sdk.install(settings.tracing, service)
     _configured = service
 
