@@ -3,8 +3,11 @@ without the OpenTelemetry SDK, and the outbox rows carry no trace context."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from pydantic import ValidationError
@@ -55,3 +58,43 @@ def test_the_tracing_setting_takes_its_modes(mode: str) -> None:
 def test_the_tracing_setting_refuses_others(mode: str) -> None:
     with pytest.raises(ValidationError):
         Settings(tracing=mode)
+
+
+ON = """
+from shop import tracing
+from shop.config import get_settings
+tracing.configure(get_settings(), "check")
+with tracing.span("outer"):
+    assert tracing.traceparent() is not None
+"""
+
+
+def test_otlp_sends_spans_to_the_standard_endpoint_variable() -> None:
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "SHOP_TRACING": "otlp",
+               "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
+        done = subprocess.run([sys.executable, "-c", ON], capture_output=True, text=True,
+                              timeout=120, check=False, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert [path for path, _ in received] == ["/v1/traces"]
+    assert b"outer" in received[0][1]
+    assert b"check" in received[0][1]  # service.name
