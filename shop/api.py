@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import logs
+from shop import logs, tracing
 from shop.celery import install_publisher
 from shop.config import get_settings
 from shop.orders import router as orders_router
@@ -38,12 +38,18 @@ class RequestIds:
                                       (b"x-request-id", request_id.encode())]
             await send(message)
 
+        tracing.annotate(**{"shop.request_id": request_id})  # on the request's span
         with logs.bound(request_id=request_id):
             await self.app(scope, receive, send_with_id)
 
 
 def create_app() -> FastAPI:
-    """Build the app: routers, the admin pages, error handlers, the body-size guard."""
+    """Build the app: routers, the admin pages, error handlers, the body-size guard.
+
+    With ``SHOP_TRACING`` on, FastAPI's own telemetry makes each request's server span
+    (``shop.tracing``)."""
+    settings = get_settings()
+    tracing.configure(settings, "shop-api")
     app = FastAPI(title="shop", version="0.1.0",
                   description="Checkout, admin and webhook API of the shop order workflow.")
     errors.install(app)
@@ -53,7 +59,6 @@ def create_app() -> FastAPI:
     admin_pages.install(app)
     app.include_router(webhooks.router)
     app.include_router(reports_router.router)
-    settings = get_settings()
     app.add_middleware(BodyLimit, overrides={"/webhooks/": WEBHOOK_BODY})
     app.add_middleware(CheckoutRateLimit, rate=settings.checkout_rate,
                        burst=settings.checkout_burst,

@@ -44,7 +44,7 @@ from celery.signals import (
     worker_process_init,
 )
 
-from shop import logs, metrics
+from shop import logs, metrics, tracing
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
 from shop.messaging import dispatch, relay
@@ -174,13 +174,23 @@ def _bind_ids(task_id: str, task: Any, kwargs: dict[str, Any] | None = None,
     binding = logs.bound(request_id=request_id, order_id=order_id, task=(task_id, task.name))
     binding.__enter__()
     _bindings[task_id] = binding
+    tracing.task_started(task_id, str(task.name), getattr(task.request, "traceparent", None),
+                         order_id)
 
 
 @task_postrun.connect
-def _unbind_ids(task_id: str, **_: Any) -> None:
+def _unbind_ids(task_id: str, state: str | None = None, **_: Any) -> None:
+    tracing.task_finished(task_id, state)
     binding = _bindings.pop(task_id, None)
     if binding is not None:
         binding.__exit__(None, None, None)
+
+
+@worker_init.connect
+def _trace_tasks(**_: Any) -> None:
+    """With ``SHOP_TRACING`` on, every task is a span (``shop.tracing``); set up before
+    the pool forks, so its children inherit it."""
+    tracing.configure(get_settings(), "shop-worker")
 
 
 @worker_init.connect

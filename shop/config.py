@@ -102,6 +102,10 @@ class Settings(BaseSettings):
         "the shop's local day, for the daily report (an IANA zone, `Europe/London`)"))
     log_format: Literal["json", "console"] = Field(default="console", description=(
         "one JSON object per line, or text"))
+    tracing: str = Field(default="off", description=(
+        "OpenTelemetry traces (the `tracing` extra): `off`; `otlp`, OTLP over HTTP to "
+        "`OTEL_EXPORTER_OTLP_ENDPOINT`; `console`, spans on stdout; or `file:<path>`, one "
+        "JSON object per span appended to `path` by every process"))
     checkout_rate: float = Field(default=50.0, gt=0, description=(
         "checkouts a second per client, per API process"))
     checkout_burst: float = Field(default=100.0, ge=1, description=(
@@ -177,6 +181,13 @@ class Settings(BaseSettings):
     def mail_path(self) -> Path:
         assert self.mail_dir is not None
         return self.mail_dir
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing_mode(cls, value: str) -> str:
+        if value in ("off", "otlp", "console") or (value.startswith("file:") and value[5:]):
+            return value
+        raise ValueError("SHOP_TRACING is off, otlp, console or file:<path>")
 
     @field_validator("timezone")
     @classmethod

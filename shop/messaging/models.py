@@ -34,6 +34,8 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     trace: Mapped[str | None] = mapped_column(String(100))  # the request that caused it
+    # The span that wrote it (W3C ``traceparent``), when tracing is on (``shop.tracing``).
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class TaskDelivery(Base):

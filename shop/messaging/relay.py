@@ -18,6 +18,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.messaging import Producer
 
+from shop import tracing
 from shop.config import get_settings
 from shop.db import session_scope
 from shop.messaging.models import OutboxMessage
@@ -93,9 +94,11 @@ def send(app: Celery, producer: Producer, message: OutboxMessage, countdown: flo
          retry_policy: dict[str, float] | None = None) -> None:
     """Publish one outbox row: a task through the Celery app (its id is the row id), or
     an event to its topic exchange (persistent JSON, the row id as ``message_id``);
-    the request that caused it rides along as the ``request_id`` header."""
+    the request that caused it rides along as the ``request_id`` header, and the span
+    that wrote it as the ``traceparent`` header (``shop.tracing``)."""
     policy = retry_policy or PUBLISH_RETRY
     headers = {"request_id": message.trace} if message.trace else {}
+    headers.update(tracing.message_headers(message.traceparent))
     if message.kind == "task":
         app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
                       producer=producer, countdown=countdown or None, retry=True,

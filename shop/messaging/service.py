@@ -21,6 +21,7 @@ from sqlalchemy import Integer, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shop import tracing
 from shop.db import db_now, session_scope, utcnow
 from shop.logs import REQUEST_ID
 from shop.messaging.models import OutboxMessage, TaskDelivery
@@ -40,6 +41,7 @@ def enqueue_task(
     message = OutboxMessage(
         id=message_id or uuid.uuid4(), kind="task", name=str(name), exchange=None,
         payload=kwargs, available_at=db_now(delay), trace=REQUEST_ID.get(),
+        traceparent=tracing.traceparent(),
     )
     if delay > 0:  # what a direct publish after the commit gives as countdown
         session.info.setdefault(DELAYS, {})[message.id] = delay
@@ -55,6 +57,7 @@ def enqueue_event(
     message = OutboxMessage(
         id=message_id, kind="event", name=routing_key, exchange=exchange, payload=body,
         available_at=db_now(), trace=REQUEST_ID.get(),
+        traceparent=tracing.traceparent(),
     )
     session.add(message)
     return message

@@ -14,10 +14,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Integer, cast, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shop import tracing
 from shop.db import db_now, utcnow
 from shop.exceptions import BusyError
 from shop.notifications.mailer import Attachment, Mailer, MailError, compose
@@ -76,11 +78,13 @@ def send_notification(
     if message_id is None:
         return False
     try:
-        mailer.send(compose(
-            sender=sender, recipients=recipients, subject=rendered.subject,
-            text=rendered.text, html=rendered.html, message_id=message_id,
-            attachments=attachments,
-        ))
+        with tracing.span("email.send", kind=SpanKind.CLIENT, **{
+                "shop.email.kind": kind, "shop.order_id": str(order_id) if order_id else None}):
+            mailer.send(compose(
+                sender=sender, recipients=recipients, subject=rendered.subject,
+                text=rendered.text, html=rendered.html, message_id=message_id,
+                attachments=attachments,
+            ))
     except MailError as exc:
         _release(session, key=key, error=exc)
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from shop import tracing
 from shop.config import Settings, get_settings
 from shop.db import get_sessionmaker
 from shop.payments.budget import Budget, BudgetedGateway, Limits
@@ -11,6 +12,7 @@ from shop.payments.dummy import DummyGateway
 from shop.payments.faults import FaultyGateway
 from shop.payments.gateway import PaymentGateway, PaymentProviderError, StripeGateway
 from shop.payments.metered import MeteredGateway
+from shop.payments.traced import TracedGateway
 
 
 def build_gateway(settings: Settings) -> PaymentGateway:
@@ -40,7 +42,8 @@ def build_gateway(settings: Settings) -> PaymentGateway:
 
 def layered(gateway: PaymentGateway, settings: Settings) -> PaymentGateway:
     """``gateway`` as a process uses it: injected faults when asked, within the
-    deployment's one shared budget of provider calls, every call timed and counted."""
+    deployment's one shared budget of provider calls, every call timed and counted, and
+    a span when tracing is on (its time includes the budget's waits)."""
     if settings.payment_faults is not None:
         gateway = FaultyGateway(gateway, settings.payment_faults)
     if settings.provider_limits is not None:
@@ -48,7 +51,8 @@ def layered(gateway: PaymentGateway, settings: Settings) -> PaymentGateway:
         gateway = BudgetedGateway(gateway, Budget(
             sessions=get_sessionmaker(), limits=Limits(account_rps=account,
                                                        endpoint_rps=endpoint)))
-    return MeteredGateway(gateway)
+    gateway = MeteredGateway(gateway)
+    return TracedGateway(gateway) if tracing.enabled(settings) else gateway
 
 
 @lru_cache(maxsize=1)
