@@ -60,6 +60,13 @@ class Limits:
     def rate(self, bucket: str) -> float:
         return (self.account_rps if bucket == ACCOUNT else self.endpoint_rps) * HEADROOM
 
+    def reserve(self) -> float:
+        """Tokens of the account's bucket that creates leave to captures, refunds and
+        cancels: ``RESERVE`` of its burst, within what a create can still reach (a
+        burst of one call has no room for a reserve)."""
+        burst = self.burst(ACCOUNT)
+        return max(0.0, min(burst * RESERVE, burst - 1.0))
+
     def burst(self, bucket: str) -> float:
         """What the margin leaves, at least one call: a bucket full at ``t`` plus a
         second's refill never exceeds the nominal rate in any second (25/s: 2.5)."""
@@ -91,7 +98,7 @@ class Budget:
     def take(self, op: str) -> float:
         """Take the call's tokens now (0.0), or say how long until they are there."""
         names = sorted({ACCOUNT, ENDPOINTS.get(op, op)})
-        reserve = 0.0 if op in FIRST else self.limits.burst(ACCOUNT) * RESERVE
+        reserve = 0.0 if op in FIRST else self.limits.reserve()
         with self.sessions() as session:
             now = _now(session)
             rows = self._locked(session, names, now)

@@ -95,6 +95,19 @@ def test_captures_go_before_creates_when_the_account_is_short(session: Session) 
     assert 0 < waits["capture"] < waits["create_intent"]  # a create leaves a reserve
 
 
+def test_creates_still_go_through_when_the_accounts_burst_leaves_no_reserve(
+        session: Session) -> None:
+    """At 10/s the account's burst is one call: creates may use it (no reserve to keep)."""
+    slept: list[float] = []
+    budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=10, endpoint_rps=10),
+                    sleep=lambda seconds: (slept.append(seconds), time.sleep(seconds))[1])
+    for _ in range(3):
+        budget.wait_turn("create_intent")
+    assert Limits(account_rps=10, endpoint_rps=10).reserve() == 0.0
+    assert Limits(account_rps=25, endpoint_rps=25).reserve() == pytest.approx(1.25)
+    assert sum(slept) < 1.0  # two waits of about 1/9 s
+
+
 def test_a_call_that_would_wait_too_long_is_not_made(session: Session) -> None:
     budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=100, endpoint_rps=1),
                     sleep=lambda _: None)
