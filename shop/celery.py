@@ -38,11 +38,13 @@ from celery.signals import (
     after_setup_task_logger,
     beat_init,
     celeryd_after_setup,
+    celeryd_init,
     task_postrun,
     task_prerun,
     worker_init,
     worker_process_init,
 )
+from celery.utils.log import get_multiprocessing_logger
 
 from shop import logs, metrics
 from shop.config import Settings, get_settings
@@ -158,9 +160,34 @@ def _declare_topology(**_: Any) -> None:
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _log_lines_with_ids(logger: logging.Logger, **_: Any) -> None:
-    """Celery's own handlers write the shop's format, with request, order and task ids."""
-    logs.adopt(logger.handlers, get_settings().log_format)
-    logging.getLogger("shop").setLevel(logging.INFO)
+    """Celery's own handlers (and billiard's, for the pool's processes) write the shop's
+    format, with request, order and task ids, from ``SHOP_LOG_LEVEL`` up."""
+    settings = get_settings()
+    handlers = [*logger.handlers, *get_multiprocessing_logger().handlers]
+    logs.adopt(handlers, settings.log_format, level=settings.log_level)
+    logger.setLevel(settings.log_level)
+
+
+@celeryd_init.connect
+def _no_banner_in_json(instance: Any, **_: Any) -> None:
+    """The worker's start-up banner is raw text: JSON logs go without it."""
+    if get_settings().log_format == "json":
+        instance.quiet = True
+
+
+def _beat_class(base: type[Any]) -> type[Any]:
+    class Beat(base):  # type: ignore[misc]
+        """``celery beat``, whose banner (raw text) JSON logs go without."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if get_settings().log_format == "json":
+                kwargs["quiet"] = True
+            super().__init__(*args, **kwargs)
+
+    return Beat
+
+
+app.Beat = _beat_class(app.Beat)
 
 
 _bindings: dict[str, Any] = {}

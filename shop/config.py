@@ -101,7 +101,11 @@ class Settings(BaseSettings):
     timezone: str = Field(default="UTC", description=(
         "the shop's local day, for the daily report (an IANA zone, `Europe/London`)"))
     log_format: Literal["json", "console"] = Field(default="console", description=(
-        "one JSON object per line, or text"))
+        "one JSON object per line, or text (every process: API and uvicorn, workers, "
+        "beat, relay; tracebacks go inside the line)"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description=(
+            "the least severe lines every process writes (overrides Celery's `-l`)"))
     checkout_rate: float = Field(default=50.0, gt=0, description=(
         "checkouts a second per client, per API process"))
     checkout_burst: float = Field(default=100.0, ge=1, description=(
@@ -177,6 +181,11 @@ class Settings(BaseSettings):
     def mail_path(self) -> Path:
         assert self.mail_dir is not None
         return self.mail_dir
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("timezone")
     @classmethod

@@ -66,10 +66,11 @@ def uvicorn_logging() -> Iterator[None]:
 
 @pytest.mark.usefixtures("uvicorn_logging")
 @pytest.mark.parametrize("kind", ["console", "json"])
-def test_uvicorns_own_lines_format_under_the_shops_log_setup(
+def test_uvicorns_own_lines_come_out_in_the_shops_format_with_the_request_id(
         kind: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """``uvicorn shop.api:app``: uvicorn's formatters read ``record.args`` themselves, so
-    masking must leave them in shape (and still mask what they carry)."""
+    """``uvicorn shop.api:app``: uvicorn configures its loggers first, then create_app's
+    ``logs.configure`` sends their lines through the shop's handler (masked, with ids,
+    the traceback inside the line)."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["default"]["use_colors"] = True
     uvicorn.Config("shop.api:app", log_config=config)  # configures logging as uvicorn does
@@ -78,19 +79,71 @@ def test_uvicorns_own_lines_format_under_the_shops_log_setup(
 
     error.info("Started server process [%d]", 4242,
                extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
-    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:50000", "POST",
-                "/webhooks/stripe?to=ada.lovelace@example.com", "1.1", 500)
-    try:
-        raise TypeError("Object of type Decimal is not JSON serializable")
-    except TypeError as exc:
-        error.error("Exception in ASGI application\n", exc_info=exc)
+    with logs.bound(request_id="req-uv"):
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:50000", "POST",
+                    "/webhooks/stripe?to=ada.lovelace@example.com", "1.1", 500)
+        try:
+            raise TypeError("cannot mail ada.lovelace@example.com")
+        except TypeError as exc:
+            error.error("Exception in ASGI application\n", exc_info=exc)
 
     out, err = capsys.readouterr()
+    assert out == ""
     assert "Logging error" not in err, err
-    assert '"POST /webhooks/stripe?to=a***@example.com HTTP/1.1" 500' in out
-    assert "Started server process [\x1b[36m4242\x1b[0m]" in err
-    assert "Exception in ASGI application" in err
-    assert "TypeError: Object of type Decimal" in err
+    assert "ada.lovelace" not in err
+    lines = err.splitlines()
+    if kind == "json":
+        parsed = [json.loads(line) for line in lines]
+        assert [p["logger"] for p in parsed] == ["uvicorn.error", "uvicorn.access",
+                                                 "uvicorn.error"]
+        assert parsed[0]["message"] == "Started server process [4242]"
+        assert parsed[1]["message"] == ('127.0.0.1:50000 - "POST /webhooks/stripe?'
+                                        'to=a***@example.com HTTP/1.1" 500')
+        assert parsed[1]["request_id"] == parsed[2]["request_id"] == "req-uv"
+        assert "TypeError: cannot mail a***@example.com" in parsed[2]["error"]
+    else:
+        assert lines[0].endswith("uvicorn.error: Started server process [4242]")
+        assert '"POST /webhooks/stripe?to=a***@example.com HTTP/1.1" 500' in lines[1]
+        assert lines[1].endswith("[request_id=req-uv]")
+        assert "TypeError: cannot mail a***@example.com" in err
+
+
+@pytest.mark.usefixtures("uvicorn_logging")
+def test_a_console_traceback_is_masked_and_a_json_one_is_a_field_of_its_line() -> None:
+    for kind in ("console", "json"):
+        logger, stream = captured(kind)
+        try:
+            raise ValueError("no mailbox for grace.hopper@example.com")
+        except ValueError:
+            logger.exception("mailing failed for %s", "grace.hopper@example.com")
+        text = stream.getvalue()
+        assert "grace.hopper" not in text
+        assert "ValueError: no mailbox for g***@example.com" in text
+        if kind == "json":
+            (line,) = [json.loads(raw) for raw in text.splitlines()]
+            assert line["message"] == "mailing failed for g***@example.com"
+            assert line["error"].startswith("Traceback (most recent call last)")
+
+
+@pytest.mark.usefixtures("uvicorn_logging")
+def test_the_level_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shop.config import Settings, get_settings
+
+    monkeypatch.setenv("SHOP_LOG_LEVEL", "warning")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().log_level == "WARNING"
+        logger, stream = captured("console")
+        logger.info("quiet")
+        logger.warning("loud")
+        assert stream.getvalue().rstrip().endswith("loud")
+        assert "quiet" not in stream.getvalue()
+        assert logging.getLogger("shop").level == logging.WARNING
+    finally:
+        get_settings.cache_clear()
+        logging.getLogger("shop").setLevel(logging.INFO)
+    with pytest.raises(ValueError, match="log_level"):
+        Settings(log_level="LOUD")
 
 
 def test_masking_keeps_the_arguments_a_formatter_may_read() -> None:
