@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import celery.apps.worker as celery_worker_app
 from celery import Celery
 from celery.signals import (
     after_setup_logger,
@@ -170,9 +171,17 @@ def _log_lines_with_ids(logger: logging.Logger, **_: Any) -> None:
 
 @celeryd_init.connect
 def _no_banner_in_json(instance: Any, **_: Any) -> None:
-    """The worker's start-up banner is raw text: JSON logs go without it."""
+    """The worker's start-up banner is raw text: JSON logs go without it (and its first
+    warnings, before Celery sets logging up, are JSON too)."""
     if get_settings().log_format == "json":
         instance.quiet = True
+        logs.warnings_first("json")
+        celery_worker_app.safe_say = _said  # "worker: Warm shutdown" and the like
+
+
+def _said(msg: str, f: Any = None) -> None:
+    """What the worker's signal handlers print, as a log line instead."""
+    logging.getLogger("celery.apps.worker").info(msg.strip())
 
 
 def _beat_class(base: type[Any]) -> type[Any]:

@@ -133,12 +133,20 @@ class _Masked:
         return mask(repr(self.value))
 
 
+def _ids(record: logging.LogRecord) -> dict[str, object]:
+    """The record's ids, masked too (an order id comes from a message's arguments, which
+    a poison message may fill with anything)."""
+    found = {name: getattr(record, name, None) for name in FIELDS}
+    return {name: mask(value) if isinstance(value, str) else value
+            for name, value in found.items()}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") +
                 f".{int(record.msecs):03d}Z", "level": record.levelname,
                 "logger": record.name, "message": mask(record.getMessage()),
-                **{name: getattr(record, name, None) for name in FIELDS}}
+                **_ids(record)}
         if record.exc_info:
             line["error"] = mask(self.formatException(record.exc_info))
         elif record.exc_text:
@@ -158,8 +166,7 @@ class ConsoleFormatter(logging.Formatter):
         return mask(super().formatStack(stack_info))
 
     def format(self, record: logging.LogRecord) -> str:
-        ids = " ".join(f"{name}={getattr(record, name)}" for name in FIELDS
-                       if getattr(record, name, None))
+        ids = " ".join(f"{name}={value}" for name, value in _ids(record).items() if value)
         text = mask(super().format(record))  # a traceback another handler cached too
         return f"{text}  [{ids}]" if ids else text
 
@@ -200,6 +207,15 @@ def configure(kind: str, *, level: str | None = None,
         _everything_through_logging()
 
 
+def warnings_first(kind: str) -> None:
+    """Python's warnings in ``kind`` format before Celery sets logging up (the worker
+    warns about running as root before that); ``adopt`` hands them on to the root."""
+    early = logging.getLogger("py.warnings")
+    configure(kind, logger=early)
+    early.propagate = False
+    logging.captureWarnings(True)
+
+
 def adopt(handlers: list[logging.Handler], kind: str, *, level: str | None = None) -> None:
     """Give handlers someone else set up (Celery's) the ids, the masking and the format;
     the root logs from ``level`` up (default: ``SHOP_LOG_LEVEL``)."""
@@ -211,6 +227,9 @@ def adopt(handlers: list[logging.Handler], kind: str, *, level: str | None = Non
         handler.setFormatter(formatter(kind))
     logging.getLogger().setLevel(level)
     logging.getLogger("shop").setLevel(level)
+    early = logging.getLogger("py.warnings")
+    early.handlers = [h for h in early.handlers if not getattr(h, "shop", False)]
+    early.propagate = True
     _everything_through_logging()
 
 

@@ -157,3 +157,12 @@ def test_masking_keeps_the_arguments_a_formatter_may_read() -> None:
     assert lines[0].endswith("a***@example.com paid 1500 for {'to': 'b***@ex.com'}")
     assert lines[1].endswith("a***@example.com paid 1500")
     assert lines[2].endswith("mailed g***@example.com")
+
+
+def test_ids_are_masked_too_since_a_poison_message_may_fill_them_with_anything() -> None:
+    for kind in ("console", "json"):
+        logger, stream = captured(kind)
+        with logs.bound(order_id="ada.lovelace@example.com"):
+            logger.warning("bad order id")
+        assert "ada.lovelace" not in stream.getvalue()
+        assert "a***@example.com" in stream.getvalue()
