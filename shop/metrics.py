@@ -55,6 +55,14 @@ RELEASE_FAILURES = Counter("shop_payment_release_failures",
 PROVIDER_AUTH_ERRORS = Counter("shop_payment_provider_auth_errors",
                                "Provider calls refused for the API key (an operator alarm)")
 
+HTTP_REQUESTS = Counter("shop_http_requests", "HTTP requests answered, by method, route "
+                        "template (`/v1/orders/{order_id}`, never the raw path) and status",
+                        ["method", "route", "status"])
+HTTP_SECONDS = Histogram("shop_http_request_duration_seconds",
+                         "Time the API took to answer one request, by method and route",
+                         ["method", "route"],
+                         buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+
 PROVIDER_BUDGET_HEADROOM = Gauge(
     "shop_provider_budget_headroom", "Calls the shared provider budget could still make at once "
     "(tokens left after this process's last call)", ["bucket"], multiprocess_mode="mostrecent")
