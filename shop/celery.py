@@ -226,8 +226,17 @@ def _publish_after_commit(**_: Any) -> None:
 
 
 @worker_init.connect
-def _serve_metrics(**_: Any) -> None:
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
     port = get_settings().metrics_port
+    pool = getattr(sender, "pool_cls", "")
+    prefork = "prefork" in (pool if isinstance(pool, str) else getattr(pool, "__module__", ""))
+    if port and prefork and not metrics.in_files():
+        # shop.metrics gives a worker a directory unless the metrics were created first
+        raise SystemExit(
+            f"shop: SHOP_METRICS_PORT is set but the metrics were created without "
+            f"{metrics.MULTIPROC_DIR}: the pool's processes would count where the port "
+            f"cannot see; set {metrics.MULTIPROC_DIR} to an empty directory of this "
+            "worker's own")
     if port:
         metrics.serve(port)
         log.info("worker metrics on :%d/metrics", port)
