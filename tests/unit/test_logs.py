@@ -74,6 +74,8 @@ def test_uvicorns_own_lines_come_out_in_the_shops_format_with_the_request_id(
     config = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["default"]["use_colors"] = True
     uvicorn.Config("shop.api:app", log_config=config)  # configures logging as uvicorn does
+    root = logging.getLogger()  # a handler an earlier test made writes to its own stderr
+    root.handlers = [h for h in root.handlers if not getattr(h, "shop", False)]
     logs.configure(kind)  # as create_app does
     error, access = logging.getLogger("uvicorn.error"), logging.getLogger("uvicorn.access")
 
