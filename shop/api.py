@@ -39,8 +39,11 @@ class RequestIds:
                                       (b"x-request-id", request_id.encode())]
             await send(message)
 
-        with logs.bound(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+        # Left bound if the app raises: the 500's lines (uvicorn's traceback and access
+        # line) come after, outside this middleware but in the request's own task.
+        bound = logs.REQUEST_ID.set(request_id)
+        await self.app(scope, receive, send_with_id)
+        logs.REQUEST_ID.reset(bound)
 
 
 def create_app() -> FastAPI:

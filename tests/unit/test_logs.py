@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import io
 import json
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 
 from shop import logs
@@ -168,3 +171,30 @@ def test_ids_are_masked_too_since_a_poison_message_may_fill_them_with_anything()
             logger.warning("bad order id")
         assert "ada.lovelace" not in stream.getvalue()
         assert "a***@example.com" in stream.getvalue()
+
+
+def test_the_lines_after_a_request_raised_still_carry_its_request_id() -> None:
+    """uvicorn logs the traceback and the 500's access line outside the app (in the
+    request's own task): the request id stays bound for them, and only then."""
+    from shop.api import RequestIds  # importing shop.api builds the app: only here
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(_: Message) -> None:
+        return None
+
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("boom")
+
+    async def answered(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    async def after(app: ASGIApp) -> str | None:
+        scope = {"type": "http", "headers": [(b"x-request-id", b"req-500")]}
+        with contextlib.suppress(RuntimeError):
+            await RequestIds(app)(scope, receive, send)
+        return logs.REQUEST_ID.get()
+
+    assert asyncio.run(after(broken)) == "req-500"
+    assert asyncio.run(after(answered)) is None
