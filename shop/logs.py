@@ -207,6 +207,16 @@ def configure(kind: str, *, level: str | None = None,
         _everything_through_logging()
 
 
+def uvicorn_handler() -> logging.Handler:
+    """stderr in ``SHOP_LOG_FORMAT``, with the ids: the handler of
+    ``deploy/systemd/uvicorn-logging.json`` (``uvicorn --log-config``), for the lines
+    uvicorn's supervisor writes before any process imports the app (``--workers``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(Context())
+    handler.setFormatter(formatter(get_settings().log_format))
+    return handler
+
+
 def warnings_first(kind: str) -> None:
     """Python's warnings in ``kind`` format before Celery sets logging up (the worker
     warns about running as root before that); ``adopt`` hands them on to the root."""

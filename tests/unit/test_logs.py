@@ -9,6 +9,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -198,3 +199,22 @@ def test_the_lines_after_a_request_raised_still_carry_its_request_id() -> None:
 
     assert asyncio.run(after(broken)) == "req-500"
     assert asyncio.run(after(answered)) is None
+
+
+@pytest.mark.usefixtures("uvicorn_logging")
+def test_uvicorns_supervisor_writes_json_with_the_deploy_log_config(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``uvicorn --workers N --log-config deploy/systemd/uvicorn-logging.json``: the
+    parent process never imports the app, so its lines need the shop's handler there."""
+    from shop.config import get_settings
+
+    monkeypatch.setenv("SHOP_LOG_FORMAT", "json")
+    get_settings.cache_clear()
+    try:
+        uvicorn.Config("shop.api:app", log_config=str(
+            Path(__file__).parents[2] / "deploy" / "systemd" / "uvicorn-logging.json"))
+        logging.getLogger("uvicorn.error").info("Started parent process [%d]", 4242)
+    finally:
+        get_settings.cache_clear()
+    line = json.loads(capsys.readouterr().err)
+    assert (line["logger"], line["message"]) == ("uvicorn.error", "Started parent process [4242]")
