@@ -14,6 +14,7 @@ from shop.orders.admin import router as orders_admin
 from shop.orders.provider import router as webhooks
 from shop.reports import router as reports_router
 from shop.web import errors, health
+from shop.web.http_metrics import HttpMetrics
 from shop.web.limits import WEBHOOK_BODY, BodyLimit, CheckoutRateLimit
 
 
@@ -39,8 +40,11 @@ class RequestIds:
             await send(message)
 
         tracing.annotate(**{"shop.request_id": request_id})  # on the request's span
-        with logs.bound(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+        # Left bound if the app raises: the 500's lines (uvicorn's traceback and access
+        # line) come after, outside this middleware but in the request's own task.
+        bound = logs.REQUEST_ID.set(request_id)
+        await self.app(scope, receive, send_with_id)
+        logs.REQUEST_ID.reset(bound)
 
 
 def create_app() -> FastAPI:
@@ -65,6 +69,7 @@ def create_app() -> FastAPI:
                        trust_forwarded=settings.trust_forwarded_for,
                        trusted_hops=settings.trusted_proxy_hops)
     app.add_middleware(RequestIds)
+    app.add_middleware(HttpMetrics)  # outermost: the limits' 429s and 413s count too
     logs.configure(settings.log_format)
     install_publisher()  # checkouts publish their first step right after the commit
     return app

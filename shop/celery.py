@@ -32,17 +32,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import celery.apps.worker as celery_worker_app
 from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     beat_init,
     celeryd_after_setup,
+    celeryd_init,
     task_postrun,
     task_prerun,
     worker_init,
     worker_process_init,
 )
+from celery.utils.log import get_multiprocessing_logger
 
 from shop import logs, metrics, tracing
 from shop.config import Settings, get_settings
@@ -158,9 +161,42 @@ def _declare_topology(**_: Any) -> None:
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _log_lines_with_ids(logger: logging.Logger, **_: Any) -> None:
-    """Celery's own handlers write the shop's format, with request, order and task ids."""
-    logs.adopt(logger.handlers, get_settings().log_format)
-    logging.getLogger("shop").setLevel(logging.INFO)
+    """Celery's own handlers (and billiard's, for the pool's processes) write the shop's
+    format, with request, order and task ids, from ``SHOP_LOG_LEVEL`` up."""
+    settings = get_settings()
+    handlers = [*logger.handlers, *get_multiprocessing_logger().handlers]
+    logs.adopt(handlers, settings.log_format, level=settings.log_level)
+    logger.setLevel(settings.log_level)
+
+
+@celeryd_init.connect
+def _no_banner_in_json(instance: Any, **_: Any) -> None:
+    """The worker's start-up banner is raw text: JSON logs go without it (and its first
+    warnings, before Celery sets logging up, are JSON too)."""
+    if get_settings().log_format == "json":
+        instance.quiet = True
+        logs.warnings_first("json")
+        celery_worker_app.safe_say = _said  # "worker: Warm shutdown" and the like
+
+
+def _said(msg: str, f: Any = None) -> None:
+    """What the worker's signal handlers print, as a log line instead."""
+    logging.getLogger("celery.apps.worker").info(msg.strip())
+
+
+def _beat_class(base: type[Any]) -> type[Any]:
+    class Beat(base):  # type: ignore[misc]
+        """``celery beat``, whose banner (raw text) JSON logs go without."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if get_settings().log_format == "json":
+                kwargs["quiet"] = True
+            super().__init__(*args, **kwargs)
+
+    return Beat
+
+
+app.Beat = _beat_class(app.Beat)
 
 
 _bindings: dict[str, Any] = {}
@@ -200,8 +236,17 @@ def _publish_after_commit(**_: Any) -> None:
 
 
 @worker_init.connect
-def _serve_metrics(**_: Any) -> None:
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
     port = get_settings().metrics_port
+    pool = getattr(sender, "pool_cls", "")
+    prefork = "prefork" in (pool if isinstance(pool, str) else getattr(pool, "__module__", ""))
+    if port and prefork and not metrics.in_files():
+        # shop.metrics gives a worker a directory unless the metrics were created first
+        raise SystemExit(
+            f"shop: SHOP_METRICS_PORT is set but the metrics were created without "
+            f"{metrics.MULTIPROC_DIR}: the pool's processes would count where the port "
+            f"cannot see; set {metrics.MULTIPROC_DIR} to an empty directory of this "
+            "worker's own")
     if port:
         metrics.serve(port)
         log.info("worker metrics on :%d/metrics", port)

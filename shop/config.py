@@ -101,7 +101,11 @@ class Settings(BaseSettings):
     timezone: str = Field(default="UTC", description=(
         "the shop's local day, for the daily report (an IANA zone, `Europe/London`)"))
     log_format: Literal["json", "console"] = Field(default="console", description=(
-        "one JSON object per line, or text"))
+        "one JSON object per line, or text (every process: API and uvicorn, workers, "
+        "beat, relay; tracebacks go inside the line)"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description=(
+            "the least severe lines every process writes (overrides Celery's `-l`)"))
     tracing: str = Field(default="off", description=(
         "OpenTelemetry traces (the `tracing` extra): `off`; `otlp`, OTLP over HTTP to "
         "`OTEL_EXPORTER_OTLP_ENDPOINT`; `console`, spans on stdout; or `file:<path>`, one "
@@ -188,6 +192,11 @@ class Settings(BaseSettings):
         if value in ("off", "otlp", "console") or (value.startswith("file:") and value[5:]):
             return value
         raise ValueError("SHOP_TRACING is off, otlp, console or file:<path>")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("timezone")
     @classmethod

@@ -7,8 +7,12 @@ it, the message carries it as a header), so one grep follows a checkout into eve
 step. Customers' email addresses are masked and secrets never reach a line.
 
 ``SHOP_LOG_FORMAT=json`` writes one JSON object per line; ``console`` (the default)
-writes readable text. ``configure`` is called by each entry point: the API, the
-worker and beat (through Celery's logging signal), the relay and the CLI.
+writes readable text; ``SHOP_LOG_LEVEL`` chooses the least severe line. ``configure``
+is called by each entry point: the API (where it also takes over uvicorn's loggers, so
+its access and error lines come out in the shop's format, with the request id), the
+worker and beat (through Celery's logging signal), the relay and the CLI. A traceback
+is part of its line (the ``error`` field in JSON), masked like the message; Python's
+warnings and uncaught exceptions go through logging too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
+
+from shop.config import get_settings
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("shop_request_id", default=None)
 ORDER_ID: ContextVar[str | None] = ContextVar("shop_order_id", default=None)
@@ -30,6 +37,10 @@ TASK: ContextVar[tuple[str, str] | None] = ContextVar("shop_task", default=None)
 _EMAIL = re.compile(r"([A-Za-z0-9])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 FIELDS = ("request_id", "order_id", "task_id", "task_name")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# uvicorn's loggers: its dictConfig gives them their own handlers and formatters (and
+# stops them propagating); ``configure`` sends their lines through the root's instead.
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def mask(text: str) -> str:
@@ -122,22 +133,41 @@ class _Masked:
         return mask(repr(self.value))
 
 
+def _ids(record: logging.LogRecord) -> dict[str, object]:
+    """The record's ids, masked too (an order id comes from a message's arguments, which
+    a poison message may fill with anything)."""
+    found = {name: getattr(record, name, None) for name in FIELDS}
+    return {name: mask(value) if isinstance(value, str) else value
+            for name, value in found.items()}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") +
                 f".{int(record.msecs):03d}Z", "level": record.levelname,
-                "logger": record.name, "message": record.getMessage(),
-                **{name: getattr(record, name, None) for name in FIELDS}}
+                "logger": record.name, "message": mask(record.getMessage()),
+                **_ids(record)}
         if record.exc_info:
             line["error"] = mask(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line["error"] = mask(record.exc_text)
+        if record.stack_info:
+            line["stack"] = mask(self.formatStack(record.stack_info))
         return json.dumps({k: v for k, v in line.items() if v is not None}, default=str)
 
 
 class ConsoleFormatter(logging.Formatter):
+    """Readable text; a traceback follows its line, masked like the message."""
+
+    def formatException(self, ei: Any) -> str:
+        return mask(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return mask(super().formatStack(stack_info))
+
     def format(self, record: logging.LogRecord) -> str:
-        ids = " ".join(f"{name}={getattr(record, name)}" for name in FIELDS
-                       if getattr(record, name, None))
-        text = super().format(record)
+        ids = " ".join(f"{name}={value}" for name, value in _ids(record).items() if value)
+        text = mask(super().format(record))  # a traceback another handler cached too
         return f"{text}  [{ids}]" if ids else text
 
 
@@ -151,9 +181,12 @@ def formatter(kind: str) -> logging.Formatter:
     return chosen
 
 
-def configure(kind: str, *, logger: logging.Logger | None = None) -> None:
-    """Send ``logger``'s lines (default: the root's) to stderr in ``kind`` format, with the
-    ids; the shop's own INFO lines show without any flag. Safe to call twice."""
+def configure(kind: str, *, level: str | None = None,
+              logger: logging.Logger | None = None) -> None:
+    """Send ``logger``'s lines (default: the root's, and then uvicorn's too) to stderr in
+    ``kind`` format, with the ids, from ``level`` up (default: ``SHOP_LOG_LEVEL``). Safe
+    to call twice."""
+    level = level or _setting_level()
     logging.setLogRecordFactory(_masked_record)
     target = logger or logging.getLogger()
     handler = next((h for h in target.handlers if getattr(h, "shop", False)), None)
@@ -163,15 +196,65 @@ def configure(kind: str, *, logger: logging.Logger | None = None) -> None:
         handler.addFilter(Context())
         target.addHandler(handler)
     handler.setFormatter(formatter(kind))
-    if target.level == logging.NOTSET or target.level > logging.INFO:
-        target.setLevel(logging.INFO)
-    logging.getLogger("shop").setLevel(logging.INFO)
+    target.setLevel(level)
+    logging.getLogger("shop").setLevel(level)
+    if logger is None:
+        for name in UVICORN_LOGGERS:
+            taken = logging.getLogger(name)
+            taken.handlers.clear()
+            taken.propagate = True
+            taken.setLevel(logging.NOTSET)
+        _everything_through_logging()
 
 
-def adopt(handlers: list[logging.Handler], kind: str) -> None:
-    """Give handlers someone else set up (Celery's) the ids, the masking and the format."""
+def uvicorn_handler() -> logging.Handler:
+    """stderr in ``SHOP_LOG_FORMAT``, with the ids: the handler of
+    ``deploy/systemd/uvicorn-logging.json`` (``uvicorn --log-config``), for the lines
+    uvicorn's supervisor writes before any process imports the app (``--workers``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(Context())
+    handler.setFormatter(formatter(get_settings().log_format))
+    return handler
+
+
+def warnings_first(kind: str) -> None:
+    """Python's warnings in ``kind`` format before Celery sets logging up (the worker
+    warns about running as root before that); ``adopt`` hands them on to the root."""
+    early = logging.getLogger("py.warnings")
+    configure(kind, logger=early)
+    early.propagate = False
+    logging.captureWarnings(True)
+
+
+def adopt(handlers: list[logging.Handler], kind: str, *, level: str | None = None) -> None:
+    """Give handlers someone else set up (Celery's) the ids, the masking and the format;
+    the root logs from ``level`` up (default: ``SHOP_LOG_LEVEL``)."""
+    level = level or _setting_level()
     logging.setLogRecordFactory(_masked_record)
     for handler in handlers:
         if not any(isinstance(f, Context) for f in handler.filters):
             handler.addFilter(Context())
         handler.setFormatter(formatter(kind))
+    logging.getLogger().setLevel(level)
+    logging.getLogger("shop").setLevel(level)
+    early = logging.getLogger("py.warnings")
+    early.handlers = [h for h in early.handlers if not getattr(h, "shop", False)]
+    early.propagate = True
+    _everything_through_logging()
+
+
+def _setting_level() -> str:
+    return get_settings().log_level
+
+
+def _everything_through_logging() -> None:
+    """Python's warnings and an uncaught exception's traceback become log lines."""
+    logging.captureWarnings(True)
+    sys.excepthook = _uncaught
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("shop").critical("uncaught exception", exc_info=(kind, value, tb))

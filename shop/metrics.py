@@ -4,15 +4,21 @@ The API serves ``GET /metrics``; a worker serves its own on ``SHOP_METRICS_PORT`
 process whose environment sets ``PROMETHEUS_MULTIPROC_DIR`` (a worker's prefork
 children, several API processes) keeps its values in files there, and whoever serves
 the port adds them all up: give each worker (or API) process group its own empty
-directory. Counters that say something about an order are counted only once the
-transaction that did it commits (``on_commit``). The outbox's backlog and the age of
-its oldest unpublished row are read from the database when scraped.
+directory (a worker given none makes its own, see ``worker_multiproc_dir``; one whose
+metrics already count in memory refuses to start). The API counts its requests by
+route template (``shop.web.http_metrics``). Counters that say something about an order
+are counted only once the transaction that did it commits (``on_commit``). The outbox's
+backlog and the age of its oldest unpublished row are read from the database when scraped.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +30,44 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
     start_http_server,
+    values,
 )
 from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from shop.config import get_settings
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def worker_multiproc_dir(argv: list[str]) -> str | None:
+    """Give a Celery worker that serves ``SHOP_METRICS_PORT`` without
+    ``PROMETHEUS_MULTIPROC_DIR`` a directory of its own (removed when it exits).
+
+    Without one, its prefork children would count in their own memory and the port
+    (served by the main process) would show nothing they did. prometheus_client decides
+    where values live when it is imported (Celery's command may import it first, for
+    Flower's plugin), so its choice is made again here, before this module creates a
+    single metric. Returns the directory it made, if any."""
+    if os.environ.get(MULTIPROC_DIR) or not get_settings().metrics_port:
+        return None
+    if not argv or "celery" not in argv[0] or "worker" not in argv[1:]:
+        return None  # `celery … worker` (its script, or `python -m celery`) only
+    made = tempfile.mkdtemp(prefix="shop-worker-metrics-")
+    os.environ[MULTIPROC_DIR] = made
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not a pool child that happens to run atexit
+            shutil.rmtree(made, ignore_errors=True)
+
+    atexit.register(remove)
+    return made
+
+
+worker_multiproc_dir(sys.argv)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +94,14 @@ RELEASE_FAILURES = Counter("shop_payment_release_failures",
                            "Voids or refunds that ran out of attempts (left to reconcile)")
 PROVIDER_AUTH_ERRORS = Counter("shop_payment_provider_auth_errors",
                                "Provider calls refused for the API key (an operator alarm)")
+
+HTTP_REQUESTS = Counter("shop_http_requests", "HTTP requests answered, by method, route "
+                        "template (`/v1/orders/{order_id}`, never the raw path) and status",
+                        ["method", "route", "status"])
+HTTP_SECONDS = Histogram("shop_http_request_duration_seconds",
+                         "Time the API took to answer one request, by method and route",
+                         ["method", "route"],
+                         buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
 PROVIDER_BUDGET_HEADROOM = Gauge(
     "shop_provider_budget_headroom", "Calls the shared provider budget could still make at once "
@@ -94,6 +142,12 @@ def registry(*, extra: Collector | None = None) -> CollectorRegistry:
 
 def exposition(*, extra: Collector | None = None) -> bytes:
     return generate_latest(registry(extra=extra))
+
+
+def in_files() -> bool:
+    """Whether this process counts in ``PROMETHEUS_MULTIPROC_DIR`` (as it must if other
+    processes, a prefork pool's children, are to be added up by whoever serves)."""
+    return values.ValueClass is not values.MutexValue
 
 
 def serve(port: int) -> Any:

@@ -154,11 +154,12 @@ def dev_commands(*, host: str, port: int) -> dict[str, list[str]]:
     celery = [py, "-m", "celery", "-A", "shop"]
     embedded = [] if get_settings().broker_is_amqp else [
         "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    level = get_settings().log_level.lower()  # the shop applies SHOP_LOG_LEVEL anyway
     return {
         "api": [py, "-m", "uvicorn", "shop.api:app", "--host", host, "--port", str(port)],
-        "worker": [*celery, "worker", "-l", "info", "--concurrency", "2",
+        "worker": [*celery, "worker", "-l", level, "--concurrency", "2",
                    "-Q", "orders,payments,notifications,reports", *embedded],
-        "beat": [*celery, "beat", "-l", "info", "-s",
+        "beat": [*celery, "beat", "-l", level, "-s",
                  str(get_settings().data_dir / "celerybeat-schedule")],
         "relay": [py, "-m", "shop.cli", "relay"],
     }
