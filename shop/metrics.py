@@ -50,10 +50,11 @@ def worker_multiproc_dir(argv: list[str]) -> str | None:
     where values live when it is imported (Celery's command may import it first, for
     Flower's plugin), so its choice is made again here, before this module creates a
     single metric. Returns the directory it made, if any."""
+    if not argv or "celery" not in argv[0] or "worker" not in argv[1:]:
+        return None  # `celery … worker` (its script, or `python -m celery`) only; asked
+        #              first, so no other process reads its settings on import
     if os.environ.get(MULTIPROC_DIR) or not get_settings().metrics_port:
         return None
-    if not argv or "celery" not in argv[0] or "worker" not in argv[1:]:
-        return None  # `celery … worker` (its script, or `python -m celery`) only
     made = tempfile.mkdtemp(prefix="shop-worker-metrics-")
     os.environ[MULTIPROC_DIR] = made
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
