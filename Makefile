@@ -12,11 +12,16 @@ LOCK_ARGS ?=
 PYTEST_ARGS ?=
 TEST_JOBS ?= 3
 E2E_JOBS ?= 2
-FAST_TESTS := tests/unit tests/integration tests/test_lint.py
+FAST_TESTS := tests/unit tests/integration tests/statemachine tests/test_lint.py
 E2E_TESTS := tests/e2e tests/chaos
 DEV_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
+# make chaos runs the state machine (tests/statemachine) with this many examples of up to
+# this many steps: 20 times make test's 25 examples, of 50 steps, not 30
+# (SHOP_STATEMACHINE_EXAMPLES, SHOP_STATEMACHINE_STEPS); 0 examples leaves it out
+STATEMACHINE_EXAMPLES ?= 500
+STATEMACHINE_STEPS ?= 50
 
 PIP_AUDIT_VERSION := 2.10.1
 
@@ -55,12 +60,22 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-## chaos: the fault-injection suite on the real services (docs/RELIABILITY.md), about
-##        15 minutes; prints the table and writes var/chaos-results.md. Needs
-##        SHOP_TEST_DATABASE_URL and SHOP_TEST_BROKER_URL, as the e2e tests do; restarts
-##        PostgreSQL once unless SHOP_CHAOS_PG_RESTART=0 (make chaos CHAOS_ARGS="-k poison")
+## chaos: first the state machine of tests/statemachine with STATEMACHINE_EXAMPLES
+##        examples (500, a few minutes; 0 skips it), then the fault-injection suite on
+##        the real services (docs/RELIABILITY.md), about 15 minutes; prints the table and
+##        writes var/chaos-results.md. Needs SHOP_TEST_DATABASE_URL and
+##        SHOP_TEST_BROKER_URL, as the e2e tests do; restarts PostgreSQL once unless
+##        SHOP_CHAOS_PG_RESTART=0 (make chaos CHAOS_ARGS="-k poison" STATEMACHINE_EXAMPLES=0)
 chaos: $(STAMP)
-	SHOP_CHAOS_PG_RESTART=$${SHOP_CHAOS_PG_RESTART-1} $(BIN)/pytest tests/chaos -m chaos $(CHAOS_ARGS)
+	@status=0; \
+	if [ "$(STATEMACHINE_EXAMPLES)" != 0 ]; then \
+		SHOP_STATEMACHINE_EXAMPLES=$(STATEMACHINE_EXAMPLES) \
+		SHOP_STATEMACHINE_STEPS=$(STATEMACHINE_STEPS) $(BIN)/pytest tests/statemachine \
+			|| status=$$?; \
+	fi; \
+	SHOP_CHAOS_PG_RESTART=$${SHOP_CHAOS_PG_RESTART-1} $(BIN)/pytest tests/chaos -m chaos \
+		$(CHAOS_ARGS) || status=$$?; \
+	exit $$status
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)
