@@ -7,7 +7,7 @@ only this file changes.
 drives it, one action at a time, without Celery:
 
 - a broker: task messages the relay (``relay_batch``) takes from the outbox, delivered
-  in any order, again and again, and run the way ``shop.task_runner.run_step`` and the
+  in any order, again and again, and run the way ``shop.messaging.runner.run_step`` and the
   task bodies of ``shop/orders/tasks.py`` run them (a transient error leaves the message
   pending, counted; a busy order or a 429 retries uncounted; a permanent error, or
   ``retry_max_attempts`` failures, calls the task's give-up);
@@ -64,18 +64,14 @@ from shop.messaging.service import count_delivery, delivery_count, mark_consumed
 from shop.notifications.mailer import MailPermanentError, MailTransientError
 from shop.notifications.models import Notification
 from shop.notifications.service import message_id_for
-from shop.orders import (
-    admin_service,
-    giving_up,
-    payment_events,
-    reconcile,
-    service,
-    steps,
-    sweeper,
-)
+from shop.orders import service
+from shop.orders.admin import service as admin_service
 from shop.orders.models import Attention, Order, OrderLine, Product
+from shop.orders.provider import converge, reconcile
+from shop.orders.provider import events as payment_events
 from shop.orders.schemas import OrderIn, ProductIn
-from shop.orders.workflow import TaskName
+from shop.orders.workflow import giving_up, steps, sweeper
+from shop.orders.workflow.table import TaskName
 from shop.payments import dummy
 from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import (
@@ -198,10 +194,11 @@ class SimProvider:
 
     # The PaymentGateway protocol.
     def create_intent(self, *, amount: int, currency: str, payment_method: str,
-                      metadata: dict[str, str], idempotency_key: str) -> IntentState:
+                      metadata: dict[str, str], idempotency_key: str,
+                      confirm: bool = False) -> IntentState:
         return self._call("create_intent", None, lambda: self.inner.create_intent(
             amount=amount, currency=currency, payment_method=payment_method,
-            metadata=metadata, idempotency_key=idempotency_key))
+            metadata=metadata, idempotency_key=idempotency_key, confirm=confirm))
 
     def retrieve(self, reference: str) -> IntentState:
         return self._call("retrieve", reference, lambda: self.inner.retrieve(reference))
@@ -678,7 +675,7 @@ class World:
                           + (" (duplicated)" if duplicate else ""))
 
     def _run(self, message: Message) -> str:
-        """What ``shop.task_runner.run_step`` does with one delivery."""
+        """What ``shop.messaging.runner.run_step`` does with one delivery."""
         owner = f"{message.id[:8]}:{message.retries}:{next(self._serial)}"
         work, on_exhausted = self._task(message, owner)
         if message.redelivered:
@@ -774,7 +771,7 @@ class World:
             elif name is TaskName.REQUEST_FULFILLMENT:
                 steps.request_fulfillment(session, order_id=order_id)
             elif name is TaskName.RELEASE_PAYMENT:
-                steps.release_payment(session, order_id=order_id, attempt=attempt,
+                converge.release(session, order_id=order_id, attempt=attempt,
                                       gateway=gateway, owner=owner)
             else:
                 raise AssertionError(f"no such workflow task: {name}")
@@ -1076,15 +1073,16 @@ class World:
 # The shop functions this driver calls (what to remap after the move).
 SHOP_CALLS: tuple[str, ...] = (
     "shop.orders.service.put_product", "shop.orders.service.place_order",
-    "shop.orders.steps.check_inventory", "shop.orders.steps.charge_payment",
-    "shop.orders.steps.reserve_stock", "shop.orders.steps.capture_payment",
-    "shop.orders.steps.send_confirmation", "shop.orders.steps.request_fulfillment",
-    "shop.orders.steps.release_payment", "shop.orders.giving_up.give_up",
-    "shop.orders.payment_events.accept", "shop.orders.payment_events.handle",
-    "shop.orders.payment_events.defer", "shop.orders.payment_events.expire_authentications",
-    "shop.orders.sweeper.resume_stuck", "shop.orders.reconcile.reconcile",
-    "shop.orders.admin_service.retry", "shop.orders.admin_service.cancel",
-    "shop.orders.admin_service.resend", "shop.orders.admin_service.list_orders",
+    "shop.orders.workflow.steps.check_inventory", "shop.orders.workflow.steps.charge_payment",
+    "shop.orders.workflow.steps.reserve_stock", "shop.orders.workflow.steps.capture_payment",
+    "shop.orders.workflow.steps.send_confirmation",
+    "shop.orders.workflow.steps.request_fulfillment",
+    "shop.orders.provider.converge.release", "shop.orders.workflow.giving_up.give_up",
+    "shop.orders.provider.events.accept", "shop.orders.provider.events.handle",
+    "shop.orders.provider.events.defer", "shop.orders.provider.events.expire_authentications",
+    "shop.orders.workflow.sweeper.resume_stuck", "shop.orders.provider.reconcile.reconcile",
+    "shop.orders.admin.service.retry", "shop.orders.admin.service.cancel",
+    "shop.orders.admin.service.resend", "shop.orders.admin.service.list_orders",
     "shop.messaging.service.relay_batch", "shop.messaging.service.mark_consumed",
     "shop.messaging.service.count_delivery", "shop.messaging.service.delivery_count",
     "shop.notifications.service.message_id_for", "shop.payments.dummy.DummyGateway",
