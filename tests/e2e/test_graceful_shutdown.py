@@ -54,11 +54,21 @@ def place(api: TestClient) -> str:
     return str(response.json()["id"])
 
 
-def terminate(stack: Stack, name: str, *, within: float = 45) -> int:
+def terminate_all(stack: Stack, names: tuple[str, ...]) -> list[int]:
+    """SIGTERM to every one at once (as stopping the whole deployment does), then their
+    exit statuses once each is gone: one stopped after the other would leave the second
+    to finish the whole run meanwhile."""
+    for name in names:
+        stack.procs[name].send_signal(signal.SIGTERM)
+    return [terminate(stack, name, signalled=True) for name in names]
+
+
+def terminate(stack: Stack, name: str, *, within: float = 45, signalled: bool = False) -> int:
     """SIGTERM to the main process only, as systemd and Docker send it; returns its exit
     status once it and every process of its group (the pool) are gone."""
     proc = stack.procs.pop(name)
-    proc.send_signal(signal.SIGTERM)
+    if not signalled:
+        proc.send_signal(signal.SIGTERM)
     try:
         status = proc.wait(timeout=within)
     except subprocess.TimeoutExpired:
@@ -86,7 +96,7 @@ def test_workers_stopped_mid_run_and_started_again_confirm_every_order_once(
 
     wait_until(lambda: confirmed_count(order_ids) >= 3, timeout=60, stack=dummy_stack,
                what="the run to be under way")
-    assert [terminate(dummy_stack, name) for name in ("w1", "w2")] == [0, 0]
+    assert terminate_all(dummy_stack, ("w1", "w2")) == [0, 0]
     stopped_at = statuses(order_ids)
     assert sum(s == "confirmed" for s in stopped_at.values()) < ORDERS  # truly mid-run
     for name in ("w1", "w2"):
