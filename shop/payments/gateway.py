@@ -362,6 +362,9 @@ class StripeGateway:
                  timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
                  emulator: bool = False) -> None:
         self._emulator = emulator
+        # Stripe replays a keyed request's answer; localstripe ignores keys, so against
+        # it the shop stores an intent's id before confirming it (``authorize``).
+        self.honours_keys = not emulator
         self._http = stripe.RequestsClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,

@@ -119,6 +119,15 @@ def authorize(
     """
     if payment.decline_code is not None:  # declined before a crash: keep the real reason
         return _result(payment, Outcome.DECLINED, reason=payment.decline_code)
+    if payment.reference is None and not getattr(gateway, "honours_keys", True):
+        # A provider that ignores idempotency keys (localstripe) would authorize twice
+        # if the create's answer were lost: create unconfirmed, store it, then confirm.
+        try:
+            _create_unconfirmed(session, payment=payment, payment_method=payment_method,
+                                gateway=gateway)
+        except PaymentProviderError as exc:
+            return _result(payment, Outcome.REJECTED, reason="payment_rejected",
+                           detail=str(exc))
     if payment.reference is None:
         try:
             state = _create_confirmed(session, payment=payment, payment_method=payment_method,
@@ -159,6 +168,19 @@ def _create_confirmed(
     )
     _store_reference(session, payment=payment, state=state, gateway=gateway)
     return state
+
+
+def _create_unconfirmed(
+    session: Session, *, payment: Payment, payment_method: str, gateway: PaymentGateway,
+) -> None:
+    """Create the attempt's intent without confirming it, and store its id (for a
+    provider that ignores keys: a retry then finds the id and confirms that intent)."""
+    state = gateway.create_intent(
+        amount=payment.amount, currency=payment.currency, payment_method=payment_method,
+        metadata={"order_id": str(payment.order_id), "attempt": str(payment.attempt)},
+        idempotency_key=f"{payment.idempotency_key}:create",
+    )
+    _store_reference(session, payment=payment, state=state, gateway=gateway)
 
 
 def _store_reference(session: Session, *, payment: Payment, state: IntentState,

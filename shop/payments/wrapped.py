@@ -15,6 +15,7 @@ class WrappedGateway:
     def __init__(self, inner: PaymentGateway) -> None:
         self.inner = inner
         self.name = inner.name
+        self.honours_keys: bool = getattr(inner, "honours_keys", True)
 
     def around(self, op: str, call: Callable[[], T]) -> T:
         return call()
