@@ -54,17 +54,19 @@ def reserved_stock_matches_orders(snap: Snapshot) -> None:
 
 
 def captured_at_most_once_and_confirmed_exactly_once(snap: Snapshot) -> None:
-    """No order is charged twice or for another amount; a confirmed one exactly once."""
+    """No intent is captured twice, or for another amount than its order's total; a
+    confirmed order's intent (its current attempt's) was captured exactly once."""
     by_order = _intents_by_order(snap)
     for order in snap.orders:
-        intents = by_order[str(order.id)]
-        captures = sum(i.captures for i in intents)
-        assert captures <= 1, f"{_name(order)} was captured {captures} times"
-        amounts = [a for i in intents for a in i.captured_amounts]
-        assert all(a == order.total for a in amounts), \
-            f"{_name(order)} was captured for {amounts}"
+        for intent in by_order[str(order.id)]:
+            assert intent.captures <= 1, \
+                f"{_name(order)}: intent {intent.reference} captured {intent.captures} times"
+            assert all(a == order.total for a in intent.captured_amounts), \
+                f"{_name(order)}: intent {intent.reference} captured {intent.captured_amounts}"
         if order.stage == "confirmed":
-            assert captures == 1, f"{_name(order)} is confirmed with {captures} captures"
+            current = [i for i in by_order[str(order.id)] if i.attempt == str(order.attempt)]
+            assert [i.captures for i in current] == [1], \
+                f"{_name(order)} is confirmed; its attempt {order.attempt} intents: {current}"
 
 
 def non_terminal_orders_are_visible_to_admins(snap: Snapshot) -> None:

@@ -18,7 +18,8 @@ drives it, one action at a time, without Celery:
   what the customer and Stripe itself do (3-D Secure, authorizations lapsing at 7 days);
 - a mail server that can answer 4xx or 5xx;
 - a clock (``CLOCK``) that ``shop`` reads through every ``utcnow`` (the database's own
-  clock, ``db_now``, is left alone: leases run out when ``expire_leases`` says so);
+  clock, ``db_now``, is left alone: leases run out when ``expire_leases`` moves their
+  end into the past);
 - the beat jobs (sweeper, reconciliation, 3-D Secure expiry) and the admin actions.
 
 What it reads back for the checks is plain data (``Snapshot``), not shop's models.
@@ -112,6 +113,7 @@ PROVIDER_FAULTS = ("lost_answer", "outage", "rate_limited", "refusal", "crash")
 SMTP_FAULTS = ("4xx", "5xx")
 AUTHORIZATION_LAPSES = dt.timedelta(days=7)  # Stripe cancels an uncaptured intent then
 DEAD_LEASE_SECONDS = 86_400.0  # a dead worker's lease: until ``expire_leases``
+EXPIRED_CLAIM_SECONDS = 86_400.0  # how far back ``expire_leases`` puts email claims
 
 IN_FLIGHT_STAGES = ("placed", "in_stock", "requires_action", "authorized", "reserved")
 
@@ -808,12 +810,15 @@ class World:
             session.commit()
 
     def expire_leases(self) -> str:
-        """Every lease and email claim runs out (their holders are dead by now)."""
+        """Every lease and email claim runs out (their holders are dead by now): their
+        times move into the past on the database's clock, as running out leaves them.
+        (Not NULL: a lease with an owner and no end is a state the shop never makes, and
+        its own lease handling is not built for it.)"""
         with self._session() as session:
-            session.execute(update(Order).where(Order.lease_owner.is_not(None))
-                            .values(lease_until=None))
+            session.execute(update(Order).where(Order.lease_until.is_not(None))
+                            .values(lease_until=db_now(-1)))
             session.execute(update(Notification).where(Notification.status == "sending")
-                            .values(claimed_at=None))
+                            .values(claimed_at=db_now(-EXPIRED_CLAIM_SECONDS)))
             session.commit()
         return self._note("leases expired")
 
