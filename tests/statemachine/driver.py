@@ -196,6 +196,7 @@ class SimProvider:
         self.captures: Counter[str] = Counter()  # captures that took effect, per intent
         self.captured_amounts: dict[str, list[int]] = {}
         self.authorized_at: dict[str, dt.datetime] = {}
+        self.refunded_outside: Counter[str] = Counter()  # by hand, in the dashboard
         self.calls: Counter[str] = Counter()
 
     # The PaymentGateway protocol.
@@ -252,6 +253,28 @@ class SimProvider:
                 self._observe(ref, before)
                 lapsed += 1
         return lapsed
+
+    def merchant_refunds(self, pick: int, *, whole: bool) -> str | None:
+        """Someone refunds a captured intent in the provider's dashboard (half, or all
+        that is left), outside the shop: the shop hears of it by webhook only."""
+        kept = [ref for ref in self.references if self._kept(ref) > 0]
+        if not kept:
+            return None
+        reference = kept[pick % len(kept)]
+        left = self._kept(reference)
+        amount = left if whole else max(1, left // 2)
+        before = self._peek(reference)
+        self.inner.refund(reference, amount=amount,
+                          idempotency_key=f"dashboard:{reference}:{len(self.events)}")
+        self._observe(reference, before)
+        self.refunded_outside[reference] += amount
+        return reference
+
+    def _kept(self, reference: str) -> int:
+        state = self.inner.retrieve(reference)
+        if state.status is not IntentStatus.SUCCEEDED:
+            return 0
+        return state.amount_received - state.amount_refunded
 
     def state(self, reference: str) -> IntentState:
         return self.inner.retrieve(reference)
@@ -425,6 +448,7 @@ class IntentRow:
     amount_refunded: int
     captures: int  # captures that took effect
     captured_amounts: tuple[int, ...]
+    refunded_outside: int  # refunded by hand in the provider's dashboard
 
 
 @dataclass(frozen=True)
@@ -952,6 +976,10 @@ class World:
     def lapse_authorizations(self) -> str:
         return self._note(f"provider lapsed {self.provider.lapse_authorizations(CLOCK.now())}")
 
+    def merchant_refunds(self, pick: int, *, whole: bool) -> str:
+        refunded = self.provider.merchant_refunds(pick, whole=whole)
+        return self._note(f"dashboard refund ({'all' if whole else 'half'}) of {refunded}")
+
     # -- another actor, in the middle of a call ----------------------------------------
 
     def run_action(self, kind: str, pick: int) -> str:
@@ -1071,7 +1099,8 @@ class World:
                 amount=state.amount, amount_received=state.amount_received,
                 amount_refunded=state.amount_refunded,
                 captures=self.provider.captures[ref],
-                captured_amounts=tuple(self.provider.captured_amounts.get(ref, ()))))
+                captured_amounts=tuple(self.provider.captured_amounts.get(ref, ())),
+                refunded_outside=self.provider.refunded_outside[ref]))
         return Snapshot(orders=order_rows, products=product_rows, payments=payment_rows,
                         intents=tuple(intents), unexpected=tuple(self.unexpected),
                         pending_messages=len(self.broker), unhandled_events=unhandled,

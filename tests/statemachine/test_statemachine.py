@@ -6,7 +6,8 @@ again), runs the sweeper, reconciliation and the 3-D Secure expiry, retries, can
 and resends as an admin, arms provider faults (an outage, a lost answer, a 429, a
 refusal, a worker killed after the call), lets another actor act while a provider call
 is in flight, arms SMTP faults (4xx, 5xx), lets leases run out, lets the clock jump,
-and plays the customer (3-D Secure) and the provider (authorizations lapsing).
+and plays the customer (3-D Secure) and the provider (authorizations lapsing, refunds by
+hand in the dashboard).
 ``checks.check_always`` runs after every step; at the end ``World.settle`` drains
 everything without faults and ``checks.check_settled`` runs.
 
@@ -150,16 +151,25 @@ class ShopMachine(RuleBasedStateMachine):
         self.world.smtp_fault(kind, times)
 
     @precondition(lambda self: self.world.order_count > 0)
-    @rule(what=st.sampled_from(["leases expire", "authorizations lapse", *CLOCK_JUMPS]))
+    @rule(what=st.sampled_from(["leases expire", *CLOCK_JUMPS]))
     def time_passes(self, what: str | int) -> None:
-        """Dead workers' leases run out, Stripe lapses week-old authorizations, or the
-        clock jumps (beat does not run meanwhile unless the machine says so)."""
+        """Dead workers' leases run out, or the clock jumps (beat does not run meanwhile
+        unless the machine says so)."""
         if what == "leases expire":
             self.world.expire_leases()
-        elif what == "authorizations lapse":
-            self.world.lapse_authorizations()
         else:
             self.world.advance_clock(float(what))
+
+    @precondition(lambda self: self.world.order_count > 0)
+    @rule(what=st.sampled_from(["authorizations lapse", "refund half", "refund all"]),
+          pick=picks)
+    def provider_on_its_own(self, what: str, pick: int) -> None:
+        """Stripe lapses week-old authorizations; someone refunds a payment by hand in
+        the dashboard."""
+        if what == "authorizations lapse":
+            self.world.lapse_authorizations()
+        else:
+            self.world.merchant_refunds(pick, whole=what == "refund all")
 
     # -- the invariants ----------------------------------------------------------------
 
