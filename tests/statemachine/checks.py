@@ -133,7 +133,8 @@ def confirmed_orders_are_emailed_or_flagged(snap: Snapshot) -> None:
             assert emailed or "email_failed" in order.open_flags, \
                 f"{_name(order)}: no confirmation email and no open flag " \
                 f"(ledger sent: {order.email_ledger_sent}, delivered: " \
-                f"{order.emails_delivered}, flags: {sorted(order.open_flags)})"
+                f"{order.emails_delivered}, flags: {sorted(order.open_flags)}, " \
+                f"once left to the sweeper: {order.email_left_to_sweeper})"
 
 
 def check_settled(snap: Snapshot) -> None:

@@ -416,6 +416,7 @@ class OrderRow:
     open_flags: frozenset[str]
     email_ledger_sent: bool  # the notification ledger says sent
     emails_delivered: int  # messages the mail server accepted for it
+    email_left_to_sweeper: bool  # its email task once gave up on a 4xx
     in_admin_view: bool  # listed by status (pending, requires_action) or as needing attention
 
 
@@ -579,6 +580,7 @@ class World:
         self.accepted: set[str] = set()
         self.unexpected: list[str] = []
         self.undrained: list[str] = []
+        self.emails_left_to_sweeper: set[uuid.UUID] = set()  # gave up on a 4xx
         self.log: list[str] = []
         self._leases_at_crash: list[tuple[uuid.UUID, str]] = []
         self._serial = itertools.count()
@@ -780,6 +782,7 @@ class World:
 
         def give_up(session: Session, exc: Exception) -> None:
             if name is TaskName.SEND_CONFIRMATION and isinstance(exc, MailTransientError):
+                self.emails_left_to_sweeper.add(order_id)
                 return  # left to the sweeper (tasks._give_up_email)
             giving_up.give_up(session, task=name, order_id=order_id, owner=owner,
                               error=f"{type(exc).__name__}: {exc}"[:500],
@@ -1085,6 +1088,7 @@ class World:
                 email_ledger_sent=o.id in sent,
                 emails_delivered=delivered[message_id_for(
                     f"{steps.CONFIRMATION_KIND}:{o.id}")],
+                email_left_to_sweeper=o.id in self.emails_left_to_sweeper,
                 in_admin_view=o.id in visible) for o in orders)
             product_rows = tuple(ProductRow(p.sku, p.on_hand, p.reserved) for p in products)
             payment_rows = tuple(PaymentRow(

@@ -1,0 +1,90 @@
+"""What the state machine found (issue 18), replayed step by step as plain tests.
+
+Each test drives ``driver.World`` through the sequence that breaks an invariant on
+today's code, then checks every invariant, the broken one last. They are marked
+``xfail(strict=True)``: they document the bug, and turn into an XPASS failure once it
+is fixed (then drop the mark).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.statemachine import driver
+from tests.statemachine.checks import (
+    check_always,
+    confirmed_orders_are_emailed_or_flagged,
+    every_order_ends,
+    everything_delivered,
+    ledger_equals_provider,
+    no_money_held_for_orders_that_want_none,
+)
+
+VISA, ONE_MUG = 0, 0  # driver.PAYMENT_METHODS[0], driver.BASKETS[0]
+DAY = 86_400
+
+
+@pytest.fixture
+def world(clock: driver.Clock) -> Iterator[driver.World]:
+    world = driver.World()
+    yield world
+    world.close()
+
+
+def confirmed_order(world: driver.World) -> None:
+    """One mug on a card that authorizes, through check, charge, reserve and capture;
+    its email and warehouse request are queued (the email first)."""
+    world.place_order(ONE_MUG, VISA)
+    for _ in range(4):
+        world.deliver(0)
+    assert world.snapshot().orders[0].stage == "confirmed"
+
+
+def settled_and_checked_email_last(world: driver.World) -> None:
+    world.settle()
+    snap = world.snapshot()
+    check_always(snap)
+    everything_delivered(snap)
+    every_order_ends(snap)
+    no_money_held_for_orders_that_want_none(snap)
+    ledger_equals_provider(snap)
+    confirmed_orders_are_emailed_or_flagged(snap)  # the one that fails today
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "issue 18 finding: a confirmed order whose confirmation email gives up on a transient "
+    "SMTP error ('left to the sweeper', tasks._give_up_email) is never re-sent nor flagged "
+    "when the order was confirmed more than a day earlier: the sweeper only re-drives "
+    "orders updated within REDRIVE_WINDOW (1 day), and admin resend neither moves "
+    "updated_at nor keeps the email_failed flag. Invariant: every confirmed order has its "
+    "email sent or an open attention flag."))
+def test_an_admin_resend_that_meets_a_mail_outage_is_lost_a_day_after_confirmation(
+        world: driver.World) -> None:
+    confirmed_order(world)
+    world.smtp_fault("5xx")
+    world.deliver(0)  # send_confirmation: 550, gives up at once: email_failed is flagged
+    world.deliver(0)  # request_fulfillment
+    world.advance_clock(2 * DAY)  # two days later an admin fixes the address
+    world.admin_resend(0, email=True)  # resolves email_failed, queues the email again
+    world.smtp_fault("4xx", times=5)  # the mail server says "try later" to every attempt
+    for _ in range(5):
+        world.deliver(0)  # 451 five times: gives up, "left to the sweeper"
+    settled_and_checked_email_last(world)  # the sweeper runs every 6 minutes: skips it
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "issue 18 finding: the same gap without an admin: the confirmation email gives up on "
+    "4xx ('left to the sweeper') and the sweeper next runs more than a day later (beat "
+    "down for a day): the order is outside REDRIVE_WINDOW, so it is never re-sent nor "
+    "flagged. Invariant: every confirmed order has its email sent or an open flag."))
+def test_an_email_left_to_the_sweeper_is_lost_when_the_sweeper_comes_a_day_late(
+        world: driver.World) -> None:
+    confirmed_order(world)
+    world.smtp_fault("4xx", times=5)
+    for _ in range(5):
+        world.deliver(0)  # send_confirmation: 451 five times, gives up, left to the sweeper
+    world.deliver(0)  # request_fulfillment
+    world.advance_clock(DAY + 60)  # beat does not run for a day
+    settled_and_checked_email_last(world)
