@@ -61,15 +61,16 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## chaos: first the state machine of tests/statemachine with STATEMACHINE_EXAMPLES
-##        examples (500, a few minutes; 0 skips it), then the fault-injection suite on
-##        the real services (docs/RELIABILITY.md), about 15 minutes; prints the table and
-##        writes var/chaos-results.md. Needs SHOP_TEST_DATABASE_URL and
-##        SHOP_TEST_BROKER_URL, as the e2e tests do; restarts PostgreSQL once unless
-##        SHOP_CHAOS_PG_RESTART=0 (make chaos CHAOS_ARGS="-k poison" STATEMACHINE_EXAMPLES=0)
+##        examples (500, a few minutes; 0 skips it; a failure is shrunk), then the
+##        fault-injection suite on the real services (docs/RELIABILITY.md), about 15
+##        minutes; prints the table and writes var/chaos-results.md. Needs
+##        SHOP_TEST_DATABASE_URL and SHOP_TEST_BROKER_URL, as the e2e tests do; restarts
+##        PostgreSQL once unless SHOP_CHAOS_PG_RESTART=0
+##        (make chaos CHAOS_ARGS="-k poison" STATEMACHINE_EXAMPLES=0)
 chaos: $(STAMP)
 	@status=0; \
 	if [ "$(STATEMACHINE_EXAMPLES)" != 0 ]; then \
-		SHOP_STATEMACHINE_EXAMPLES=$(STATEMACHINE_EXAMPLES) \
+		SHOP_STATEMACHINE_EXAMPLES=$(STATEMACHINE_EXAMPLES) SHOP_STATEMACHINE_SHRINK=1 \
 		SHOP_STATEMACHINE_STEPS=$(STATEMACHINE_STEPS) $(BIN)/pytest tests/statemachine \
 			|| status=$$?; \
 	fi; \

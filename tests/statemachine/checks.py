@@ -54,17 +54,19 @@ def reserved_stock_matches_orders(snap: Snapshot) -> None:
 
 
 def captured_at_most_once_and_confirmed_exactly_once(snap: Snapshot) -> None:
-    """No order is charged twice or for another amount; a confirmed one exactly once."""
+    """No intent is captured twice, or for another amount than its order's total; a
+    confirmed order's intent (its current attempt's) was captured exactly once."""
     by_order = _intents_by_order(snap)
     for order in snap.orders:
-        intents = by_order[str(order.id)]
-        captures = sum(i.captures for i in intents)
-        assert captures <= 1, f"{_name(order)} was captured {captures} times"
-        amounts = [a for i in intents for a in i.captured_amounts]
-        assert all(a == order.total for a in amounts), \
-            f"{_name(order)} was captured for {amounts}"
+        for intent in by_order[str(order.id)]:
+            assert intent.captures <= 1, \
+                f"{_name(order)}: intent {intent.reference} captured {intent.captures} times"
+            assert all(a == order.total for a in intent.captured_amounts), \
+                f"{_name(order)}: intent {intent.reference} captured {intent.captured_amounts}"
         if order.stage == "confirmed":
-            assert captures == 1, f"{_name(order)} is confirmed with {captures} captures"
+            current = [i for i in by_order[str(order.id)] if i.attempt == str(order.attempt)]
+            assert [i.captures for i in current] == [1], \
+                f"{_name(order)} is confirmed; its attempt {order.attempt} intents: {current}"
 
 
 def non_terminal_orders_are_visible_to_admins(snap: Snapshot) -> None:
@@ -95,8 +97,8 @@ def every_order_ends(snap: Snapshot) -> None:
 
 
 def no_money_held_for_orders_that_want_none(snap: Snapshot) -> None:
-    """Failed or cancelled: nothing held or kept at the provider. Confirmed: its total,
-    on one intent, and nothing else held."""
+    """Failed or cancelled: nothing held or kept at the provider. Confirmed: its total
+    (less what was refunded by hand in the dashboard), and nothing else held."""
     by_order = _intents_by_order(snap)
     for order in snap.orders:
         intents = by_order[str(order.id)]
@@ -106,8 +108,10 @@ def no_money_held_for_orders_that_want_none(snap: Snapshot) -> None:
             assert not held, f"{_name(order)}: authorizations still held: {held}"
             assert kept == 0, f"{_name(order)}: {kept} still taken at the provider"
         elif order.stage == "confirmed":
+            by_hand = sum(i.refunded_outside for i in intents)
             assert not held, f"{_name(order)}: authorizations still held: {held}"
-            assert kept == order.total, f"{_name(order)}: {kept} taken at the provider"
+            assert kept + by_hand == order.total, \
+                f"{_name(order)}: {kept} taken at the provider ({by_hand} refunded by hand)"
 
 
 def ledger_equals_provider(snap: Snapshot) -> None:
@@ -129,7 +133,8 @@ def confirmed_orders_are_emailed_or_flagged(snap: Snapshot) -> None:
             assert emailed or "email_failed" in order.open_flags, \
                 f"{_name(order)}: no confirmation email and no open flag " \
                 f"(ledger sent: {order.email_ledger_sent}, delivered: " \
-                f"{order.emails_delivered}, flags: {sorted(order.open_flags)})"
+                f"{order.emails_delivered}, flags: {sorted(order.open_flags)}, " \
+                f"once left to the sweeper: {order.email_left_to_sweeper})"
 
 
 def check_settled(snap: Snapshot) -> None:

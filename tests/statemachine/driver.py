@@ -18,7 +18,8 @@ drives it, one action at a time, without Celery:
   what the customer and Stripe itself do (3-D Secure, authorizations lapsing at 7 days);
 - a mail server that can answer 4xx or 5xx;
 - a clock (``CLOCK``) that ``shop`` reads through every ``utcnow`` (the database's own
-  clock, ``db_now``, is left alone: leases run out when ``expire_leases`` says so);
+  clock, ``db_now``, is left alone: leases run out when ``expire_leases`` moves their
+  end into the past);
 - the beat jobs (sweeper, reconciliation, 3-D Secure expiry) and the admin actions.
 
 What it reads back for the checks is plain data (``Snapshot``), not shop's models.
@@ -77,6 +78,7 @@ from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import (
     IntentState,
     IntentStatus,
+    PaymentDeclined,
     PaymentError,
     PaymentProviderError,
     PaymentRateLimited,
@@ -108,6 +110,7 @@ PROVIDER_FAULTS = ("lost_answer", "outage", "rate_limited", "refusal", "crash")
 SMTP_FAULTS = ("4xx", "5xx")
 AUTHORIZATION_LAPSES = dt.timedelta(days=7)  # Stripe cancels an uncaptured intent then
 DEAD_LEASE_SECONDS = 86_400.0  # a dead worker's lease: until ``expire_leases``
+EXPIRED_CLAIM_SECONDS = 86_400.0  # how far back ``expire_leases`` puts email claims
 
 IN_FLIGHT_STAGES = ("placed", "in_stock", "requires_action", "authorized", "reserved")
 
@@ -190,6 +193,7 @@ class SimProvider:
         self.captures: Counter[str] = Counter()  # captures that took effect, per intent
         self.captured_amounts: dict[str, list[int]] = {}
         self.authorized_at: dict[str, dt.datetime] = {}
+        self.refunded_outside: Counter[str] = Counter()  # by hand, in the dashboard
         self.calls: Counter[str] = Counter()
 
     # The PaymentGateway protocol.
@@ -248,6 +252,28 @@ class SimProvider:
                 lapsed += 1
         return lapsed
 
+    def merchant_refunds(self, pick: int, *, whole: bool) -> str | None:
+        """Someone refunds a captured intent in the provider's dashboard (half, or all
+        that is left), outside the shop: the shop hears of it by webhook only."""
+        kept = [ref for ref in self.references if self._kept(ref) > 0]
+        if not kept:
+            return None
+        reference = kept[pick % len(kept)]
+        left = self._kept(reference)
+        amount = left if whole else max(1, left // 2)
+        before = self._peek(reference)
+        self.inner.refund(reference, amount=amount,
+                          idempotency_key=f"dashboard:{reference}:{len(self.events)}")
+        self._observe(reference, before)
+        self.refunded_outside[reference] += amount
+        return reference
+
+    def _kept(self, reference: str) -> int:
+        state = self.inner.retrieve(reference)
+        if state.status is not IntentStatus.SUCCEEDED:
+            return 0
+        return state.amount_received - state.amount_refunded
+
     def state(self, reference: str) -> IntentState:
         return self.inner.retrieve(reference)
 
@@ -274,6 +300,8 @@ class SimProvider:
         try:
             result = call()
         except PaymentError as exc:
+            if isinstance(exc, PaymentDeclined) and exc.reference is not None:
+                reference = exc.reference  # a confirming create declined on this intent
             self._observe(reference, before)
             self._after(op, mode, exc)
             raise
@@ -388,6 +416,7 @@ class OrderRow:
     open_flags: frozenset[str]
     email_ledger_sent: bool  # the notification ledger says sent
     emails_delivered: int  # messages the mail server accepted for it
+    email_left_to_sweeper: bool  # its email task once gave up on a 4xx
     in_admin_view: bool  # listed by status (pending, requires_action) or as needing attention
 
 
@@ -420,6 +449,7 @@ class IntentRow:
     amount_refunded: int
     captures: int  # captures that took effect
     captured_amounts: tuple[int, ...]
+    refunded_outside: int  # refunded by hand in the provider's dashboard
 
 
 @dataclass(frozen=True)
@@ -550,6 +580,7 @@ class World:
         self.accepted: set[str] = set()
         self.unexpected: list[str] = []
         self.undrained: list[str] = []
+        self.emails_left_to_sweeper: set[uuid.UUID] = set()  # gave up on a 4xx
         self.log: list[str] = []
         self._leases_at_crash: list[tuple[uuid.UUID, str]] = []
         self._serial = itertools.count()
@@ -751,6 +782,7 @@ class World:
 
         def give_up(session: Session, exc: Exception) -> None:
             if name is TaskName.SEND_CONFIRMATION and isinstance(exc, MailTransientError):
+                self.emails_left_to_sweeper.add(order_id)
                 return  # left to the sweeper (tasks._give_up_email)
             giving_up.give_up(session, task=name, order_id=order_id, owner=owner,
                               error=f"{type(exc).__name__}: {exc}"[:500],
@@ -805,12 +837,15 @@ class World:
             session.commit()
 
     def expire_leases(self) -> str:
-        """Every lease and email claim runs out (their holders are dead by now)."""
+        """Every lease and email claim runs out (their holders are dead by now): their
+        times move into the past on the database's clock, as running out leaves them.
+        (Not NULL: a lease with an owner and no end is a state the shop never makes, and
+        its own lease handling is not built for it.)"""
         with self._session() as session:
-            session.execute(update(Order).where(Order.lease_owner.is_not(None))
-                            .values(lease_until=None))
+            session.execute(update(Order).where(Order.lease_until.is_not(None))
+                            .values(lease_until=db_now(-1)))
             session.execute(update(Notification).where(Notification.status == "sending")
-                            .values(claimed_at=None))
+                            .values(claimed_at=db_now(-EXPIRED_CLAIM_SECONDS)))
             session.commit()
         return self._note("leases expired")
 
@@ -944,6 +979,10 @@ class World:
     def lapse_authorizations(self) -> str:
         return self._note(f"provider lapsed {self.provider.lapse_authorizations(CLOCK.now())}")
 
+    def merchant_refunds(self, pick: int, *, whole: bool) -> str:
+        refunded = self.provider.merchant_refunds(pick, whole=whole)
+        return self._note(f"dashboard refund ({'all' if whole else 'half'}) of {refunded}")
+
     # -- another actor, in the middle of a call ----------------------------------------
 
     def run_action(self, kind: str, pick: int) -> str:
@@ -1049,6 +1088,7 @@ class World:
                 email_ledger_sent=o.id in sent,
                 emails_delivered=delivered[message_id_for(
                     f"{steps.CONFIRMATION_KIND}:{o.id}")],
+                email_left_to_sweeper=o.id in self.emails_left_to_sweeper,
                 in_admin_view=o.id in visible) for o in orders)
             product_rows = tuple(ProductRow(p.sku, p.on_hand, p.reserved) for p in products)
             payment_rows = tuple(PaymentRow(
@@ -1063,7 +1103,8 @@ class World:
                 amount=state.amount, amount_received=state.amount_received,
                 amount_refunded=state.amount_refunded,
                 captures=self.provider.captures[ref],
-                captured_amounts=tuple(self.provider.captured_amounts.get(ref, ()))))
+                captured_amounts=tuple(self.provider.captured_amounts.get(ref, ())),
+                refunded_outside=self.provider.refunded_outside[ref]))
         return Snapshot(orders=order_rows, products=product_rows, payments=payment_rows,
                         intents=tuple(intents), unexpected=tuple(self.unexpected),
                         pending_messages=len(self.broker), unhandled_events=unhandled,

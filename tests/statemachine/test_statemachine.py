@@ -6,14 +6,19 @@ again), runs the sweeper, reconciliation and the 3-D Secure expiry, retries, can
 and resends as an admin, arms provider faults (an outage, a lost answer, a 429, a
 refusal, a worker killed after the call), lets another actor act while a provider call
 is in flight, arms SMTP faults (4xx, 5xx), lets leases run out, lets the clock jump,
-and plays the customer (3-D Secure) and the provider (authorizations lapsing).
+and plays the customer (3-D Secure) and the provider (authorizations lapsing, refunds by
+hand in the dashboard).
 ``checks.check_always`` runs after every step; at the end ``World.settle`` drains
 everything without faults and ``checks.check_settled`` runs.
 
 Budget: ``SHOP_STATEMACHINE_EXAMPLES`` examples (25) of up to
 ``SHOP_STATEMACHINE_STEPS`` steps (30); ``make chaos`` runs 20 times as many examples.
-Failing examples are kept in ``.hypothesis/statemachine`` and replayed first.
+Failing examples are kept in ``.hypothesis/statemachine`` and replayed first. A failure
+is shrunk to a short sequence only with ``SHOP_STATEMACHINE_SHRINK=1`` (``make chaos``
+sets it): shrinking a stateful failure can take minutes, too long for ``make test``.
 ``SHOP_STATEMACHINE_DB=postgres`` runs it on PostgreSQL (``SHOP_TEST_DATABASE_URL``).
+
+What it found on today's code is replayed in ``test_regressions.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (
@@ -38,11 +43,13 @@ from tests.statemachine.checks import check_always, check_settled
 
 EXAMPLES = int(os.environ.get("SHOP_STATEMACHINE_EXAMPLES", "25"))
 STEPS = int(os.environ.get("SHOP_STATEMACHINE_STEPS", "30"))
+SHRINK = os.environ.get("SHOP_STATEMACHINE_SHRINK", "0") not in ("", "0")
 EXAMPLE_DB = Path(__file__).resolve().parents[2] / ".hypothesis" / "statemachine"
 
 SETTINGS = settings(
     max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=False,
     database=DirectoryBasedExampleDatabase(str(EXAMPLE_DB)), print_blob=True,
+    phases=tuple(Phase) if SHRINK else (Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                            HealthCheck.data_too_large])
 
@@ -150,16 +157,25 @@ class ShopMachine(RuleBasedStateMachine):
         self.world.smtp_fault(kind, times)
 
     @precondition(lambda self: self.world.order_count > 0)
-    @rule(what=st.sampled_from(["leases expire", "authorizations lapse", *CLOCK_JUMPS]))
+    @rule(what=st.sampled_from(["leases expire", *CLOCK_JUMPS]))
     def time_passes(self, what: str | int) -> None:
-        """Dead workers' leases run out, Stripe lapses week-old authorizations, or the
-        clock jumps (beat does not run meanwhile unless the machine says so)."""
+        """Dead workers' leases run out, or the clock jumps (beat does not run meanwhile
+        unless the machine says so)."""
         if what == "leases expire":
             self.world.expire_leases()
-        elif what == "authorizations lapse":
-            self.world.lapse_authorizations()
         else:
             self.world.advance_clock(float(what))
+
+    @precondition(lambda self: self.world.order_count > 0)
+    @rule(what=st.sampled_from(["authorizations lapse", "refund half", "refund all"]),
+          pick=picks)
+    def provider_on_its_own(self, what: str, pick: int) -> None:
+        """Stripe lapses week-old authorizations; someone refunds a payment by hand in
+        the dashboard."""
+        if what == "authorizations lapse":
+            self.world.lapse_authorizations()
+        else:
+            self.world.merchant_refunds(pick, whole=what == "refund all")
 
     # -- the invariants ----------------------------------------------------------------
 
