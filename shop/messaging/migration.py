@@ -226,9 +226,9 @@ def _migrate_one(conn: Connection, queue: Queue, *, old: bool) -> int:
         channel.close()
     for exchange, key in _bindings(queue):
         _call(conn, "queue_unbind", holding, exchange, key)
-    move(conn, holding, queue.name)
+    back = move(conn, holding, queue.name)
     _call(conn, "queue_delete", holding)
-    return moved
+    return moved if old else back  # a resumed run counts what it found held
 
 
 def _channel(conn: Connection) -> Any:

@@ -191,6 +191,7 @@ def test_a_migration_that_stopped_halfway_is_finished_by_running_it_again(
     done = shop(vhost_url, "broker", "migrate-queues")
 
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "orders: quorum -> quorum, 25 waiting messages moved" in done.stdout, done.stdout
     assert rows("queues", vhost, "name", "type").get("orders") == "quorum"
     assert holding not in rows("queues", vhost, "name", "type")
     assert Counter(m["id"] for m in drained(vhost_url, "orders")) == Counter(ids)
