@@ -41,9 +41,10 @@ from typing import Any
 from amqp.basic_message import Message  # type: ignore[import-untyped]
 from kombu.connection import Connection
 from kombu.entity import Queue
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
 from shop.config import Settings
-from shop.messaging.broker import QUEUES, declare_topology, owned_queues
+from shop.messaging.broker import QUEUES, declare_topology, is_quorum, owned_queues
 
 HOLDING_SUFFIX = ".migrating"
 NOT_FOUND, PRECONDITION_FAILED = 404, 406
@@ -158,6 +159,12 @@ def migrate(conn: Connection, settings: Settings,
         held = ", ".join(f"{name} ({n})" for name, n in busy.items())
         raise MigrationRefused(f"consumers still on {held}: stop the workers (and the "
                                "warehouse's consumers of shop.fulfillment*) first")
+    delayed = _delayed_waiting(conn) if todo and not is_quorum(settings) else 0
+    if delayed:
+        raise MigrationRefused(f"{delayed} countdown retries still wait in Celery's delay "
+                               "queues (celery_delayed_*), which classic queues do not use: "
+                               "run it again once they have reached their task queues (at "
+                               "most SHOP_RETRY_MAX_DELAY seconds)")
     for queue, live in todo:
         was = queue_type(live) if live is not None else want
         say(f"{queue.name}: moving from {was} to {want}")
@@ -167,6 +174,21 @@ def migrate(conn: Connection, settings: Settings,
     declare_topology(conn, settings)  # delayed-delivery bindings of quorum task queues
     order = [q.name for q in owned_queues(settings)]
     return sorted(outcomes, key=lambda o: order.index(o.queue))
+
+
+def _delayed_waiting(conn: Connection) -> int:
+    """Messages in native delayed delivery's level queues (absent ones hold none)."""
+    counts = [_count(conn, level_name(level)) for level in range(MAX_LEVEL + 1)]
+    return sum(counts)
+
+
+def _count(conn: Connection, name: str) -> int:
+    try:
+        return int(_declare(conn, name, passive=True).message_count)
+    except Exception as exc:
+        if getattr(exc, "code", None) != NOT_FOUND:
+            raise
+        return 0
 
 
 def _arguments(queue: Queue) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from shop.config import Settings
 from shop.messaging import migration
@@ -21,9 +22,11 @@ from shop.messaging.broker import (
     EVENTS_EXCHANGE,
     FULFILLMENT_ROUTING_KEY,
     QUEUES,
+    declare_topology,
     owned_queues,
     task_queues,
 )
+from tests.fixtures.stack import wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -198,3 +201,33 @@ def test_a_migration_that_stopped_halfway_is_finished_by_running_it_again(
     again = shop(vhost_url, "broker", "migrate-queues", "--check")
     assert again.returncode == 0, again.stdout
     assert "orders: quorum, as expected" in again.stdout
+
+
+def test_going_back_to_classic_waits_for_the_countdown_retries_in_the_delay_queues(
+        vhost_url: str) -> None:
+    """Classic queues do not use Celery's delay queues: a retry still waiting there
+    when the task exchanges change would have nowhere to go, so the command refuses
+    until it has reached its task queue, and then moves it with the rest."""
+    vhost = vhost_url.rsplit("/", 1)[1]
+    with Connection(vhost_url) as conn:
+        declare_topology(conn, Settings(broker_url=vhost_url))
+    message_id = str(uuid.uuid4())
+    with Connection(vhost_url, transport_options={"confirm_publish": True}) as conn:
+        conn.Producer().publish(
+            {"retry": True}, exchange=Exchange("celery_delayed_27", type="topic"),
+            routing_key=calculate_routing_key(12, "orders"), serializer="json",
+            delivery_mode=2, message_id=message_id)
+
+    refused = shop(vhost_url, "broker", "migrate-queues", kind="classic")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "1 countdown retries still wait" in refused.stderr
+    assert rows("queues", vhost, "name", "type")["orders"] == "quorum"
+
+    wait_until(lambda: rows("queues", vhost, "name", "messages").get("orders") == "1",
+               timeout=30, what="the retry to reach orders")
+    done = shop(vhost_url, "broker", "migrate-queues", kind="classic")
+    assert done.returncode == 0, done.stdout + done.stderr
+    types = rows("queues", vhost, "name", "type")
+    assert {q.name: types[q.name] for q in owned_queues(Settings(broker_url=vhost_url))} == {
+        q.name: "classic" for q in owned_queues(Settings(broker_url=vhost_url))}
+    assert [m["id"] for m in drained(vhost_url, "orders")] == [message_id]
