@@ -3,6 +3,12 @@
 from shop.db import Base
 from shop.messaging.models import OutboxMessage, TaskDelivery
 from shop.notifications.models import Notification
+from shop.orders.fulfillment.models import (
+    Shipment,
+    ShipmentLine,
+    UnfulfilledLine,
+    WarehouseMessage,
+)
 from shop.orders.models import (
     FulfillmentRequest,
     IdempotencyKey,
@@ -26,6 +32,10 @@ __all__ = [
     "OutboxMessage",
     "Payment",
     "Product",
+    "Shipment",
+    "ShipmentLine",
     "TaskDelivery",
+    "UnfulfilledLine",
+    "WarehouseMessage",
     "WebhookEvent",
 ]

@@ -7,6 +7,10 @@
   owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations`` queues bound
   to it, so a request (or its withdrawal) is kept even before the warehouse binds its
   own queue (CONTRACT.md);
+- the warehouse answers on the durable topic exchange ``shop.warehouse``; the shop's
+  durable queue ``shop.warehouse`` (bound to ``fulfillment.*``) dead-letters to
+  ``shop.dlx`` with the message's own routing key, and the worker consumes it
+  (``shop.orders.fulfillment.consumer``);
 - classic durable queues: delayed (countdown) retries on quorum queues were lost
   before RabbitMQ 4.0.1, and classic queues keep them.
 
@@ -39,6 +43,14 @@ FULFILLMENT_QUEUE = Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_RO
 CANCELLATION_QUEUE = Queue("shop.fulfillment_cancellations", EVENTS,
                            routing_key=FULFILLMENT_CANCELLED_ROUTING_KEY, durable=True)
 
+WAREHOUSE_EXCHANGE = "shop.warehouse"
+WAREHOUSE_ROUTING_KEYS = "fulfillment.*"
+WAREHOUSE = Exchange(WAREHOUSE_EXCHANGE, type="topic", durable=True)
+WAREHOUSE_QUEUE = Queue("shop.warehouse", WAREHOUSE, routing_key=WAREHOUSE_ROUTING_KEYS,
+                        durable=True, queue_arguments={
+                            "x-queue-type": "classic",
+                            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name})
+
 
 def task_queues(settings: Settings) -> list[Queue]:
     """The workers' queues, with dead-lettering where the broker has it (AMQP)."""
@@ -69,8 +81,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def declare_topology(connection: Connection) -> None:
     """Declare what the shop's messages rely on beyond the task queues (AMQP only):
-    the dead-letter queue, and the warehouse's queues on the events exchange."""
+    the dead-letter queue, the warehouse's queues on the events exchange, and the
+    queue of the warehouse's answers."""
     channel = connection.default_channel
     DEAD_LETTER_QUEUE(channel).declare()
     FULFILLMENT_QUEUE(channel).declare()
     CANCELLATION_QUEUE(channel).declare()
+    WAREHOUSE_QUEUE(channel).declare()
