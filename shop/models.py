@@ -11,6 +11,7 @@ from shop.orders.models import (
     OrderLine,
     Product,
 )
+from shop.orders.refunds.models import RefundRequest, RefundRequestLine
 from shop.payments.models import Payment, WebhookEvent
 from shop.reports.models import DailyReport
 
@@ -26,6 +27,8 @@ __all__ = [
     "OutboxMessage",
     "Payment",
     "Product",
+    "RefundRequest",
+    "RefundRequestLine",
     "TaskDelivery",
     "WebhookEvent",
 ]

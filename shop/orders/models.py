@@ -151,6 +151,8 @@ class OrderLine(Base):
         UniqueConstraint("order_id", "sku"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("unit_price >= 0", name="unit_price_not_negative"),
+        CheckConstraint("quantity_refunded >= 0 AND quantity_refunded <= quantity",
+                        name="refunded_within_quantity"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -160,6 +162,8 @@ class OrderLine(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price: Mapped[int] = mapped_column(BigInteger)
     line_total: Mapped[int] = mapped_column(BigInteger)
+    # Units refunded or being refunded by line refunds (reserved when requested).
+    quantity_refunded: Mapped[int] = mapped_column(Integer, default=0)
 
     order: Mapped[Order] = relationship(back_populates="lines")
     product: Mapped[Product] = relationship(viewonly=True)

@@ -41,6 +41,7 @@ class TaskName(StrEnum):
     RECONCILE = "shop.orders.reconcile_payments"
     HANDLE_PAYMENT_EVENT = "shop.orders.handle_payment_event"
     EXPIRE_AUTHENTICATIONS = "shop.orders.expire_authentications"
+    REFUND_LINES = "shop.orders.refund_lines"  # one line refund's provider call
 
 
 class GiveUp(StrEnum):
@@ -105,6 +106,8 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec(TaskName.RESUME_STUCK, "orders"),
     StepSpec(TaskName.RECONCILE, "payments", JOB_LIMITS),
     StepSpec(TaskName.EXPIRE_AUTHENTICATIONS, "payments", JOB_LIMITS),
+    StepSpec(TaskName.REFUND_LINES, "payments", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
+             flags=(Kind.REFUND_FAILED, "the line refund did not go through")),
 )
 
 SPEC: dict[TaskName, StepSpec] = {spec.task: spec for spec in STEPS}
