@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 RECONCILE_EVERY = 300.0
 # The modules whose ``shared_task``s the workers run (the domains never import this app).
 TASK_MODULES = ["shop.orders.workflow.tasks", "shop.orders.provider.tasks",
-                "shop.orders.fulfillment.tasks", "shop.reports.tasks"]
+                "shop.orders.fulfillment.tasks", "shop.orders.refunds.tasks",
+                "shop.reports.tasks"]
 ROUTES: dict[str, str] = {
     **table.routes(),
     **dict.fromkeys(reports_schedule.TASKS, "reports"),

@@ -17,6 +17,7 @@ from shop.orders.models import (
     OrderLine,
     Product,
 )
+from shop.orders.refunds.models import RefundRequest, RefundRequestLine
 from shop.payments.models import Payment, WebhookEvent
 from shop.reports.models import DailyReport
 
@@ -32,6 +33,8 @@ __all__ = [
     "OutboxMessage",
     "Payment",
     "Product",
+    "RefundRequest",
+    "RefundRequestLine",
     "Shipment",
     "ShipmentLine",
     "TaskDelivery",

@@ -153,6 +153,8 @@ class OrderLine(Base):
         CheckConstraint("unit_price >= 0", name="unit_price_not_negative"),
         CheckConstraint("shipped >= 0 AND unfulfilled >= 0 AND shipped + unfulfilled <= quantity",
                         name="fulfilled_within_quantity"),
+        CheckConstraint("quantity_refunded >= 0 AND quantity_refunded <= quantity",
+                        name="refunded_within_quantity"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -164,6 +166,8 @@ class OrderLine(Base):
     line_total: Mapped[int] = mapped_column(BigInteger)
     shipped: Mapped[int] = mapped_column(Integer, default=0)  # units that left the shelf
     unfulfilled: Mapped[int] = mapped_column(Integer, default=0)  # units that never will
+    # Units refunded or being refunded by line refunds (reserved when requested).
+    quantity_refunded: Mapped[int] = mapped_column(Integer, default=0)
 
     order: Mapped[Order] = relationship(back_populates="lines")
 

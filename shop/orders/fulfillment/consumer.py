@@ -26,8 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
-from kombu import Consumer
-from kombu.message import Message
+from kombu.messaging import Consumer
 
 from shop import logs, metrics
 from shop.config import get_settings
@@ -43,6 +42,7 @@ REASON_HEADER = "x-shop-reason"
 PREFETCH = 10
 MAX_PAUSE = 2.0
 
+Message = Any  # a kombu message (kombu is untyped)
 DeadLetter = Callable[[Message, str], None]
 
 
@@ -133,8 +133,10 @@ class WarehouseConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]
     def get_consumers(self, channel: Any) -> list[Consumer]:
         if not get_settings().broker_is_amqp:
             return []
-        return [Consumer(channel, queues=[WAREHOUSE_QUEUE], on_message=self._on_message,
-                         prefetch_count=PREFETCH)]
+        consumer = Consumer(  # type: ignore[no-untyped-call]
+            channel, queues=[WAREHOUSE_QUEUE], on_message=self._on_message,
+            prefetch_count=PREFETCH)
+        return [consumer]
 
     def _on_message(self, message: Message) -> None:
         handle(message, dead_letter=self._dead_letter)

@@ -234,7 +234,7 @@ def _refund(session: Session, *, order: Order, message: CannotFulfil) -> str | N
                                 source=RefundSource.WAREHOUSE)
     except RefundError as exc:
         log.warning("order %s: the refund of unshippable lines was refused: %s", order.id, exc)
-        attention.flag(session, order_id=order.id, kind=attention.Kind.RELEASE_FAILED,
+        attention.flag(session, order_id=order.id, kind=attention.Kind.REFUND_FAILED,
                        message=f"The warehouse cannot ship some lines, and their refund was "
                                f"refused: {exc}")
         return None

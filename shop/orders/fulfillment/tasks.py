@@ -11,8 +11,8 @@ from shop.config import get_settings
 from shop.messaging.runner import run_step
 from shop.notifications.mailer import build_mailer
 from shop.orders.fulfillment import emails
-from shop.orders.workflow.tasks import _give_up, options
 from shop.orders.workflow.table import TaskName
+from shop.orders.workflow.tasks import _give_up, options
 
 
 @shared_task(**options(TaskName.SEND_SHIPMENT_EMAIL))

@@ -44,6 +44,7 @@ class TaskName(StrEnum):
     # After confirmation: the customer told of each shipment, and of each unshippable line.
     SEND_SHIPMENT_EMAIL = "shop.orders.send_shipment_email"
     SEND_LINE_REFUND_EMAIL = "shop.orders.send_line_refund_email"
+    REFUND_LINES = "shop.orders.refund_lines"  # one line refund's provider call
 
 
 class GiveUp(StrEnum):
@@ -112,6 +113,8 @@ STEPS: tuple[StepSpec, ...] = (
              flags=(Kind.EMAIL_FAILED, "a shipping email failed")),
     StepSpec(TaskName.SEND_LINE_REFUND_EMAIL, "notifications", give_up=GiveUp.FLAG,
              flags=(Kind.EMAIL_FAILED, "a line-refund email failed")),
+    StepSpec(TaskName.REFUND_LINES, "payments", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
+             flags=(Kind.REFUND_FAILED, "the line refund did not go through")),
 )
 
 SPEC: dict[TaskName, StepSpec] = {spec.task: spec for spec in STEPS}
