@@ -161,8 +161,33 @@ class FailureOut(BaseModel):
     message: str = Field(description="written for the customer")
 
 
+class ShipmentLineOut(BaseModel):
+    sku: str
+    quantity: int
+
+
+class ShipmentOut(BaseModel):
+    id: str = Field(description="the warehouse's shipment id")
+    lines: list[ShipmentLineOut]
+    carrier: str
+    tracking_number: str
+    tracking_url: str
+    shipped_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+class UnfulfilledOut(BaseModel):
+    sku: str
+    quantity: int
+    reason: str
+    refunded: bool = Field(description="the refund of these units went through")
+
+
 class FulfillmentOut(BaseModel):
-    status: str
+    status: str = Field(description="requested, partially_shipped, shipped, delivered, "
+                                    "cancelled or unfulfillable")
+    shipments: list[ShipmentOut] = Field(default_factory=list)
+    unfulfilled: list[UnfulfilledOut] = Field(default_factory=list)
 
 
 class EventOut(BaseModel):

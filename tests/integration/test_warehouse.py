@@ -1,0 +1,192 @@
+"""The warehouse's answers applied to confirmed orders (issue 22): once by message id, in
+any order, stock leaving the shelf once, unshippable lines refunded exactly, and refused
+messages leaving nothing behind. SQLite and PostgreSQL, a recording fake gateway."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shop.messaging.models import OutboxMessage
+from shop.orders.fulfillment import service
+from shop.orders.fulfillment.messages import Invalid, parse
+from shop.orders.fulfillment.models import Shipment, WarehouseMessage
+from shop.orders.fulfillment.views import fulfillment_of
+from shop.orders.models import FulfillmentRequest, Product
+from shop.orders.provider import converge
+from shop.orders.refunds.models import RefundRequest
+from shop.orders.workflow import steps
+from tests.factories.fulfillment import cannot_fulfil, delivered, parsed, shipped
+from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
+from tests.fakes import FakeGateway
+from tests.fixtures.outcomes import payment_of, to_reserved
+
+
+def confirmed(session: Session, gateway: FakeGateway) -> tuple[uuid.UUID, uuid.UUID]:
+    """An order of 3 MUG (15.00) and 1 TEE (7.00), confirmed and requested; its ids."""
+    mug = session.get(Product, "MUG") or ProductFactory(sku="MUG", price=1500, on_hand=10)
+    tee = session.get(Product, "TEE") or ProductFactory(sku="TEE", price=700, on_hand=5)
+    order = OrderFactory(lines=[OrderLineFactory(product=mug, quantity=3),
+                                OrderLineFactory(product=tee, quantity=1)], placed=True)
+    to_reserved(session, order.id, gateway)
+    steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    steps.request_fulfillment(session, order_id=order.id)
+    request_id = session.scalar(select(FulfillmentRequest.id)
+                                .where(FulfillmentRequest.order_id == order.id))
+    assert request_id is not None
+    session.commit()
+    return order.id, request_id
+
+
+def stock(session: Session) -> dict[str, tuple[int, int]]:
+    session.expire_all()
+    return {p.sku: (p.on_hand, p.reserved) for p in session.scalars(select(Product))}
+
+
+def apply(session: Session, body: dict[str, Any]) -> str:
+    return service.apply(session, message=parsed(body))
+
+
+def status(session: Session, order_id: uuid.UUID) -> str:
+    session.expire_all()
+    view = fulfillment_of(session, order_id=order_id)
+    assert view is not None
+    return view.status
+
+
+def test_two_parcels_leave_the_shelf_once_each_however_often_they_are_announced(
+        session: Session, gateway: FakeGateway) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    assert stock(session) == {"MUG": (10, 3), "TEE": (5, 1)}
+    first = shipped(order_id, request_id, {"MUG": 2}, shipment_id="p1")
+    second = shipped(order_id, request_id, {"MUG": 1, "TEE": 1}, shipment_id="p2")
+
+    assert apply(session, first) == "applied"
+    assert apply(session, first) == "duplicate"
+    assert status(session, order_id) == "partially_shipped"
+    assert stock(session) == {"MUG": (8, 1), "TEE": (5, 1)}
+    # the same parcel under another message id is the same parcel
+    assert apply(session, {**first, "message_id": "again"}) == "duplicate"
+    assert apply(session, second) == "applied"
+
+    assert stock(session) == {"MUG": (7, 0), "TEE": (4, 0)}
+    assert status(session, order_id) == "shipped"
+    view = fulfillment_of(session, order_id=order_id)
+    assert view is not None
+    assert [(s.id, [(x.sku, x.quantity) for x in s.lines]) for s in view.shipments] == [
+        ("p1", [("MUG", 2)]), ("p2", [("MUG", 1), ("TEE", 1)])]
+    emails = session.scalars(select(OutboxMessage.payload).where(
+        OutboxMessage.name == "shop.orders.send_shipment_email")).all()
+    assert sorted(e["shipment_id"] for e in emails) == ["p1", "p2"]
+
+
+def test_a_delivery_before_its_shipment_waits_for_it(session: Session,
+                                                     gateway: FakeGateway) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    early = delivered(order_id, "p1")
+
+    assert apply(session, early) == "parked"
+    assert apply(session, early) == "duplicate"
+    assert status(session, order_id) == "requested"
+    assert apply(session, shipped(order_id, request_id, {"MUG": 3, "TEE": 1},
+                                  shipment_id="p1")) == "applied"
+
+    assert status(session, order_id) == "delivered"
+    shipment = session.scalar(select(Shipment).where(Shipment.shipment_id == "p1"))
+    assert shipment is not None and shipment.delivered_at is not None
+    row = session.get(WarehouseMessage, early["message_id"])
+    assert row is not None and row.status == "applied"
+
+
+def test_a_line_that_cannot_ship_is_released_refunded_exactly_and_the_shelf_corrected(
+        session: Session, gateway: FakeGateway) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    body = cannot_fulfil(order_id, request_id, {"TEE": 1}, on_hand={"TEE": 2})
+
+    assert apply(session, body) == "applied"
+    assert apply(session, body) == "duplicate"
+
+    assert stock(session) == {"MUG": (10, 3), "TEE": (2, 0)}
+    [refund] = session.scalars(select(RefundRequest)).all()
+    assert (refund.amount, refund.source) == (700, "warehouse")
+    assert [(x.sku, x.quantity, x.restock) for x in refund.lines] == [("TEE", 1, False)]
+    converge.refund_lines(session, refund_id=refund.id, gateway=gateway, owner="r")
+    assert payment_of(session, order_id).amount_refunded == 700
+    view = fulfillment_of(session, order_id=order_id)
+    assert view is not None and view.status == "requested"
+    assert [(u.sku, u.quantity, u.refunded) for u in view.unfulfilled] == [("TEE", 1, True)]
+    assert session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.name == "shop.orders.send_line_refund_email")) == 1
+    # then the rest ships: the order is shipped, the refund stays the one line's
+    apply(session, shipped(order_id, request_id, {"MUG": 3}, shipment_id="p1"))
+    assert status(session, order_id) == "shipped"
+    assert stock(session) == {"MUG": (7, 0), "TEE": (2, 0)}
+
+
+def test_an_order_none_of_whose_lines_can_ship_is_unfulfillable_and_refunded_in_full(
+        session: Session, gateway: FakeGateway) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    apply(session, cannot_fulfil(order_id, request_id, {"TEE": 1}))
+    apply(session, cannot_fulfil(order_id, request_id, {"MUG": 3}, reason="lost"))
+
+    assert status(session, order_id) == "unfulfillable"
+    for refund in session.scalars(select(RefundRequest)).all():
+        converge.refund_lines(session, refund_id=refund.id, gateway=gateway, owner="r")
+    payment = payment_of(session, order_id)
+    assert payment.amount_refunded == payment.amount_captured == 3 * 1500 + 700
+    assert payment.status == "refunded"
+    assert stock(session) == {"MUG": (10, 0), "TEE": (5, 0)}
+
+
+@pytest.mark.parametrize("what", ["unknown_order", "unknown_line", "too_many", "request",
+                                  "unknown_product", "other_orders_shipment"])
+def test_a_message_naming_what_the_shop_does_not_know_is_refused_and_changes_nothing(
+        session: Session, gateway: FakeGateway, what: str) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    other_id, other_request = confirmed(session, gateway)
+    apply(session, shipped(other_id, other_request, {"MUG": 1}, shipment_id="theirs"))
+    before = stock(session)
+    body = {
+        "unknown_order": shipped(uuid.uuid4(), request_id, {"MUG": 1}, shipment_id="x"),
+        "unknown_line": shipped(order_id, request_id, {"MUG": 1, "HAT": 1}, shipment_id="x"),
+        "too_many": cannot_fulfil(order_id, request_id, {"MUG": 4}),
+        "request": shipped(order_id, uuid.uuid4(), {"MUG": 1}, shipment_id="x"),
+        "unknown_product": cannot_fulfil(order_id, request_id, {"MUG": 1},
+                                         on_hand={"MUG": 5, "NOPE": 1}),
+        "other_orders_shipment": delivered(order_id, "theirs"),
+    }[what]
+
+    with pytest.raises(service.Rejected) as refused:
+        apply(session, body)
+
+    assert refused.value.reason
+    assert stock(session) == before
+    assert session.get(WarehouseMessage, body["message_id"]) is None
+    assert session.scalar(select(func.count()).select_from(RefundRequest)) == 0
+    assert status(session, order_id) == "requested"
+
+
+@pytest.mark.parametrize("body, amqp_id", [
+    (b"not json", "m1"),
+    (json.dumps({"message_id": "m1", "order_id": "not-a-uuid"}).encode(), "m1"),
+    (json.dumps({"message_id": "m1", "order_id": str(uuid.uuid4()), "shipment_id": "p",
+                 "delivered_at": "2026-12-04T10:00:00"}).encode(), "m1"),  # no zone
+    (json.dumps({"message_id": "m1", "order_id": str(uuid.uuid4()), "shipment_id": "p",
+                 "delivered_at": "2026-12-04T10:00:00Z"}).encode(), "m2"),  # ids differ
+])
+def test_a_message_the_shop_cannot_read_is_invalid(body: bytes, amqp_id: str) -> None:
+    with pytest.raises(Invalid):
+        parse(routing_key="fulfillment.delivered", body=body, message_id=amqp_id)
+
+
+def test_a_quantity_as_a_string_is_not_coerced() -> None:
+    body = shipped(uuid.uuid4(), uuid.uuid4(), {"MUG": 1}, shipment_id="p")
+    body["lines"][0]["quantity"] = "1"
+    with pytest.raises(Invalid, match="quantity"):
+        parse(routing_key="fulfillment.shipped", body=json.dumps(body).encode(),
+              message_id=body["message_id"])
