@@ -48,13 +48,9 @@ def send_shipment_email(session: Session, *, order_id: uuid.UUID, shipment_id: s
     if order is None or shipment is None:
         return False
     names = {line.sku: line.name for line in order.lines}
-    numbers = list(session.scalars(select(Shipment.shipment_id)
-                                   .where(Shipment.order_id == order_id)
-                                   .order_by(Shipment.shipped_at, Shipment.id)))
     context = {"order": _order(order), "shipment": {
         "carrier": shipment.carrier, "tracking_number": shipment.tracking_number,
-        "tracking_url": shipment.tracking_url, "number": numbers.index(shipment_id) + 1,
-        "of": len(numbers),
+        "tracking_url": shipment.tracking_url,
         "lines": [{"sku": x.sku, "name": names.get(x.sku, x.sku), "quantity": x.quantity}
                   for x in shipment.lines]}}
     session.commit()  # nothing pending before the ledger's claim
