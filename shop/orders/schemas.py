@@ -239,6 +239,9 @@ class AdminOrderOut(BaseModel):
     failure: AdminFailureOut | None
     attention: list[AttentionOut]
     payment: PaymentOut | None
+    fulfillment_status: str | None = Field(
+        default=None, description="a confirmed order's fulfillment.status (None before "
+                                  "its warehouse request)")
 
 
 class AdminOrderPage(BaseModel):
@@ -292,6 +295,8 @@ class FulfillmentDetailOut(BaseModel):
     message_id: uuid.UUID
     status: str
     created_at: dt.datetime
+    shipments: list[ShipmentOut] = Field(default_factory=list)
+    unfulfilled: list[UnfulfilledOut] = Field(default_factory=list)
 
 
 class WebhookOut(BaseModel):

@@ -24,7 +24,11 @@ from shop.orders.workflow import steps
 from tests.factories.fulfillment import cannot_fulfil, delivered, parsed, shipped
 from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
 from tests.fakes import FakeGateway
+from tests.fixtures.admin_pages import AUTH
+from tests.fixtures.api import ADMIN_TOKEN
 from tests.fixtures.outcomes import payment_of, to_reserved
+
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def confirmed(session: Session, gateway: FakeGateway) -> tuple[uuid.UUID, uuid.UUID]:
@@ -98,9 +102,11 @@ def test_a_delivery_before_its_shipment_waits_for_it(session: Session,
 
     assert status(session, order_id) == "delivered"
     shipment = session.scalar(select(Shipment).where(Shipment.shipment_id == "p1"))
-    assert shipment is not None and shipment.delivered_at is not None
+    assert shipment is not None
+    assert shipment.delivered_at is not None
     row = session.get(WarehouseMessage, early["message_id"])
-    assert row is not None and row.status == "applied"
+    assert row is not None
+    assert row.status == "applied"
 
 
 def test_a_line_that_cannot_ship_is_released_refunded_exactly_and_the_shelf_corrected(
@@ -118,7 +124,8 @@ def test_a_line_that_cannot_ship_is_released_refunded_exactly_and_the_shelf_corr
     converge.refund_lines(session, refund_id=refund.id, gateway=gateway, owner="r")
     assert payment_of(session, order_id).amount_refunded == 700
     view = fulfillment_of(session, order_id=order_id)
-    assert view is not None and view.status == "requested"
+    assert view is not None
+    assert view.status == "requested"
     assert [(u.sku, u.quantity, u.refunded) for u in view.unfulfilled] == [("TEE", 1, True)]
     assert session.scalar(select(func.count()).select_from(OutboxMessage).where(
         OutboxMessage.name == "shop.orders.send_line_refund_email")) == 1
@@ -171,7 +178,7 @@ def test_a_message_naming_what_the_shop_does_not_know_is_refused_and_changes_not
     assert status(session, order_id) == "requested"
 
 
-@pytest.mark.parametrize("body, amqp_id", [
+@pytest.mark.parametrize(("body", "amqp_id"), [
     (b"not json", "m1"),
     (json.dumps({"message_id": "m1", "order_id": "not-a-uuid"}).encode(), "m1"),
     (json.dumps({"message_id": "m1", "order_id": str(uuid.uuid4()), "shipment_id": "p",
@@ -190,3 +197,27 @@ def test_a_quantity_as_a_string_is_not_coerced() -> None:
     with pytest.raises(Invalid, match="quantity"):
         parse(routing_key="fulfillment.shipped", body=json.dumps(body).encode(),
               message_id=body["message_id"])
+
+
+def test_admins_filter_by_fulfillment_and_see_the_shipments(
+        client: Any, session: Session, gateway: FakeGateway) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    other_id, _ = confirmed(session, gateway)
+    apply(session, shipped(order_id, request_id, {"MUG": 1}, shipment_id="p1"))
+    session.commit()
+
+    listed = client.get("/admin/orders?fulfillment=partially_shipped", headers=BEARER).json()
+    assert [o["id"] for o in listed["orders"]] == [str(order_id)]
+    assert listed["orders"][0]["fulfillment_status"] == "partially_shipped"
+    waiting = client.get("/admin/orders?fulfillment=requested", headers=BEARER).json()
+    assert [o["id"] for o in waiting["orders"]] == [str(other_id)]
+    assert client.get("/admin/orders?fulfillment=lost", headers=BEARER).status_code == 422
+    detail = client.get(f"/admin/orders/{order_id}", headers=BEARER).json()
+    [parcel] = detail["fulfillment"]["shipments"]
+    assert (parcel["id"], parcel["tracking_number"]) == ("p1", "TRK-p1")
+    assert "fulfillment.shipped" in [e["type"] for e in detail["events"]]
+    page = client.get(f"/admin/pages/orders/{order_id}", auth=AUTH).text
+    assert "https://track.example/p1" in page
+    public = client.get(f"/v1/orders/{order_id}").json()["fulfillment"]
+    assert public["status"] == "partially_shipped"
+    assert public["shipments"][0]["lines"] == [{"sku": "MUG", "quantity": 1}]
