@@ -10,7 +10,15 @@ import json
 import uuid
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from shop.orders.fulfillment.messages import CANNOT_FULFIL, DELIVERED, SHIPPED, Message, parse
+from shop.orders.models import FulfillmentRequest, Product
+from shop.orders.workflow import steps
+from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
+from tests.fakes import FakeGateway
+from tests.fixtures.outcomes import to_reserved
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
@@ -53,3 +61,19 @@ def routing_key(body: dict[str, Any]) -> str:
 def parsed(body: dict[str, Any]) -> Message:
     return parse(routing_key=routing_key(body), body=json.dumps(body).encode(),
                  message_id=body["message_id"])
+
+
+def confirmed(session: Session, gateway: FakeGateway) -> tuple[uuid.UUID, uuid.UUID]:
+    """An order of 3 MUG (15.00) and 1 TEE (7.00), confirmed and requested; its ids."""
+    mug = session.get(Product, "MUG") or ProductFactory(sku="MUG", price=1500, on_hand=10)
+    tee = session.get(Product, "TEE") or ProductFactory(sku="TEE", price=700, on_hand=5)
+    order = OrderFactory(lines=[OrderLineFactory(product=mug, quantity=3),
+                                OrderLineFactory(product=tee, quantity=1)], placed=True)
+    to_reserved(session, order.id, gateway)
+    steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
+    steps.request_fulfillment(session, order_id=order.id)
+    request_id = session.scalar(select(FulfillmentRequest.id)
+                                .where(FulfillmentRequest.order_id == order.id))
+    assert request_id is not None
+    session.commit()
+    return order.id, request_id

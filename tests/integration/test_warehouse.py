@@ -17,34 +17,16 @@ from shop.orders.fulfillment import service
 from shop.orders.fulfillment.messages import Invalid, parse
 from shop.orders.fulfillment.models import Shipment, WarehouseMessage
 from shop.orders.fulfillment.views import fulfillment_of
-from shop.orders.models import FulfillmentRequest, Product
+from shop.orders.models import Product
 from shop.orders.provider import converge
 from shop.orders.refunds.models import RefundRequest
-from shop.orders.workflow import steps
-from tests.factories.fulfillment import cannot_fulfil, delivered, parsed, shipped
-from tests.factories.orders import OrderFactory, OrderLineFactory, ProductFactory
+from tests.factories.fulfillment import cannot_fulfil, confirmed, delivered, parsed, shipped
 from tests.fakes import FakeGateway
 from tests.fixtures.admin_pages import AUTH
 from tests.fixtures.api import ADMIN_TOKEN
-from tests.fixtures.outcomes import payment_of, to_reserved
+from tests.fixtures.outcomes import payment_of
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def confirmed(session: Session, gateway: FakeGateway) -> tuple[uuid.UUID, uuid.UUID]:
-    """An order of 3 MUG (15.00) and 1 TEE (7.00), confirmed and requested; its ids."""
-    mug = session.get(Product, "MUG") or ProductFactory(sku="MUG", price=1500, on_hand=10)
-    tee = session.get(Product, "TEE") or ProductFactory(sku="TEE", price=700, on_hand=5)
-    order = OrderFactory(lines=[OrderLineFactory(product=mug, quantity=3),
-                                OrderLineFactory(product=tee, quantity=1)], placed=True)
-    to_reserved(session, order.id, gateway)
-    steps.capture_payment(session, order_id=order.id, gateway=gateway, owner="a")
-    steps.request_fulfillment(session, order_id=order.id)
-    request_id = session.scalar(select(FulfillmentRequest.id)
-                                .where(FulfillmentRequest.order_id == order.id))
-    assert request_id is not None
-    session.commit()
-    return order.id, request_id
 
 
 def stock(session: Session) -> dict[str, tuple[int, int]]:
