@@ -14,78 +14,30 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from shop.db import session_scope
-from shop.messaging.models import OutboxMessage
 from shop.orders import attention
-from shop.orders.models import Order, Product
+from shop.orders.models import Order
 from shop.orders.provider import converge
 from shop.orders.refunds import service
 from shop.orders.refunds.models import RefundRequest
-from shop.orders.workflow import steps
-from shop.orders.workflow.table import TaskName
-from shop.payments.dummy import DummyGateway
-from shop.payments.faults import FaultyGateway, read_state, write_rules
-from shop.payments.models import Payment, Refund
-from tests.fixtures.api import ADMIN_TOKEN, order_body
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-LINES = [{"sku": "MUG-BLUE", "quantity": 2}, {"sku": "TEE-M", "quantity": 1}]
-TWO_LINES = {"lines": [{"sku": "MUG-BLUE", "quantity": 1, "restock": True},
-                       {"sku": "TEE-M", "quantity": 1, "restock": False}],
-             "reason": "damaged in transit"}
+from shop.payments.faults import FaultyGateway, write_rules
+from shop.payments.models import Payment
+from tests.fixtures.api import order_body
+from tests.fixtures.refunds import (
+    AUTH,
+    LINES,
+    TWO_LINES,
+    confirmed,
+    faulty_dummy,
+    money,
+    on_hand,
+    provider_refunds,
+    run_refund_tasks,
+)
 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> FaultyGateway:
-    faulty = FaultyGateway(DummyGateway(state_dir=tmp_path / "dummy_payments"),
-                           tmp_path / "faults.json")
-    write_rules(faulty.path, [])  # counts every call
-    return faulty
-
-
-def confirmed(client: TestClient, gateway: FaultyGateway) -> uuid.UUID:
-    """An order for 2 blue mugs (1500 each) and a T-shirt (2500), confirmed in-process."""
-    order_id = uuid.UUID(client.post("/v1/orders", json=order_body(lines=LINES)).json()["id"])
-    with session_scope() as session:
-        steps.check_inventory(session, order_id=order_id)
-        steps.charge_payment(session, order_id=order_id, gateway=gateway, owner="w")
-        steps.reserve_stock(session, order_id=order_id)
-        steps.capture_payment(session, order_id=order_id, gateway=gateway, owner="w")
-        order = session.get(Order, order_id)
-        assert order is not None and order.status == "confirmed"
-    return order_id
-
-
-def run_refund_tasks(gateway: FaultyGateway) -> list[str]:
-    """Run every queued refund task, each twice (a redelivery); their outcomes."""
-    with session_scope() as session:
-        ids = [m.payload["refund_id"] for m in session.scalars(
-            select(OutboxMessage).where(OutboxMessage.name == TaskName.REFUND_LINES))]
-    outcomes = []
-    for refund_id in ids * 2:
-        with session_scope() as session:
-            outcomes.append(converge.refund_lines(session, refund_id=uuid.UUID(refund_id),
-                                                  gateway=gateway, owner="w"))
-    return outcomes
-
-
-def on_hand(sku: str) -> int:
-    with session_scope() as session:
-        return int(session.scalar(select(Product.on_hand).where(Product.sku == sku)) or 0)
-
-
-def money(order_id: uuid.UUID) -> tuple[int, int, str, list[tuple[int, str]]]:
-    with session_scope() as session:
-        payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
-        assert payment is not None
-        refunds = [(r.amount, r.reason) for r in session.scalars(
-            select(Refund).where(Refund.payment_id == payment.id).order_by(Refund.id))]
-        return payment.amount_captured, payment.amount_refunded, payment.status, refunds
-
-
-def provider_refunds(gateway: FaultyGateway) -> tuple[int, int]:
-    """(refund calls made, amount the provider refunded in all)."""
-    calls = read_state(gateway.path)["calls"].get("refund", 0)
-    return calls, sum(i.amount_refunded for i in gateway.list_intents(created_after=0))
+    return faulty_dummy(tmp_path)
 
 
 @pytest.mark.parametrize("with_key", [True, False], ids=["idempotency-key", "double-click"])
@@ -122,7 +74,8 @@ def test_a_line_refund_posted_twice_concurrently_moves_money_and_stock_once(
     seen = client.get(f"/admin/orders/{order_id}", headers=AUTH).json()
     assert seen["payment"]["amount_refunded"] == 4000
     types = [e["type"] for e in seen["events"]]
-    assert types.count("refund.requested") == 1 and types.count("refund.succeeded") == 1
+    assert types.count("refund.requested") == 1
+    assert types.count("refund.succeeded") == 1
 
     # What remains: 1 mug (1500) of 5500 - 4000; the T-shirt is all refunded.
     past = client.post(f"/admin/orders/{order_id}/refunds", headers=AUTH, json={
@@ -155,7 +108,8 @@ def test_a_lost_refund_answer_is_sent_again_with_the_same_key_and_refunds_once(
         converge.refund_lines(session, refund_id=refund_id, gateway=gateway, owner="w")
     with session_scope() as session:
         request = session.get(RefundRequest, refund_id)
-        assert request is not None and request.status == "sent"
+        assert request is not None
+        assert request.status == "sent"
         # The refund happened at the provider; the ledger keeps it apart while in flight.
         assert provider_refunds(gateway)[1] == 4000
     with session_scope() as session, pytest.raises(Exception, match="unavailable"):
@@ -197,7 +151,7 @@ def test_a_refund_the_provider_refuses_lands_on_the_attention_list_and_the_same_
         assert not attention.open_items(session, order_id=order_id)
 
 
-@pytest.mark.parametrize("body, field", [
+@pytest.mark.parametrize(("body", "field"), [
     ({"lines": [{"sku": "MUG-BLUE", "quantity": 0}], "reason": "r"}, "lines[0].quantity"),
     ({"lines": [{"sku": "MUG-BLUE", "quantity": -1}], "reason": "r"}, "lines[0].quantity"),
     ({"lines": [{"sku": "MUG-BLUE", "quantity": 2**31}], "reason": "r"}, "lines[0].quantity"),
@@ -225,9 +179,11 @@ def test_bad_refunds_are_422_naming_the_field_and_write_nothing(
     with session_scope() as session:
         assert session.scalars(select(RefundRequest)).all() == []
         payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
-        assert payment is not None and payment.amount_refund_pending == 0
+        assert payment is not None
+        assert payment.amount_refund_pending == 0
         order = session.get(Order, order_id)
-        assert order is not None and all(line.quantity_refunded == 0 for line in order.lines)
+        assert order is not None
+        assert all(line.quantity_refunded == 0 for line in order.lines)
 
 
 def test_unknown_orders_are_404_and_orders_without_captured_money_409(

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from shop.notifications.models import Notification
 from shop.orders.models import Attention, FulfillmentRequest, Order
+from shop.orders.refunds.models import RefundRequest
+from shop.orders.refunds.views import RefundOut
 from shop.orders.schemas import (
     AdminEventOut,
     AdminFailureOut,
@@ -93,6 +95,9 @@ def detail_view(session: Session, *, order: Order) -> AdminOrderDetail:
             message_id=request.id, status=request.status, created_at=request.created_at),
         webhooks=[WebhookOut(id=w.id, type=w.type, outcome=w.outcome,
                              received_at=w.received_at) for w in events],
+        refunds=[RefundOut.of(r) for r in session.scalars(
+            select(RefundRequest).where(RefundRequest.order_id == order.id)
+            .order_by(RefundRequest.created_at))],
     )
 
 
