@@ -3,6 +3,7 @@ provider: money and stock move exactly once, whatever the repeats and races."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 from pathlib import Path
@@ -11,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from shop.db import session_scope
 from shop.orders import attention
 from shop.orders.models import Order
-from shop.orders.provider import converge
+from shop.orders.provider import converge, reconcile
 from shop.orders.refunds import service
 from shop.orders.refunds.models import RefundRequest
 from shop.payments.faults import FaultyGateway, write_rules
@@ -206,3 +207,35 @@ def test_a_key_used_for_another_refund_is_422(client: TestClient,
     answer = client.post(f"/admin/orders/{order_id}/refunds", headers=headers, json=other)
     assert answer.status_code == 422
     assert answer.json()["fields"][0]["field"] == "Idempotency-Key"
+
+
+def test_a_refund_whose_answers_stay_lost_is_flagged_and_reconciliation_finishes_it_once(
+        client: TestClient, gateway: FaultyGateway) -> None:
+    order_id = confirmed(client, gateway)
+    mugs = on_hand("MUG-BLUE")
+    refund_id = uuid.UUID(client.post(f"/admin/orders/{order_id}/refunds", headers=AUTH,
+                                      json=TWO_LINES).json()["id"])
+    write_rules(gateway.path, [{"op": "refund", "mode": "lost_answer", "times": None}])
+    for _ in range(3):  # the task's attempts: each one's answer is lost
+        with session_scope() as session, pytest.raises(Exception, match="lost"):
+            converge.refund_lines(session, refund_id=refund_id, gateway=gateway, owner="w")
+    with session_scope() as session:
+        service.give_up(session, refund_id=refund_id, error="the answers were lost")
+    with session_scope() as session:
+        request = session.get(RefundRequest, refund_id)
+        assert request is not None
+        assert request.status == "sent"  # unknown: not failed, not refunded twice
+        assert {a.kind for a in attention.open_items(session, order_id=order_id)} == {
+            "refund_failed"}
+        session.execute(update(RefundRequest).values(  # five minutes later, with no answer
+            updated_at=request.updated_at - dt.timedelta(minutes=10)))
+        session.commit()
+    write_rules(gateway.path, [])
+    with session_scope() as session:
+        tally = reconcile.reconcile(session, gateway=gateway, owner="beat")
+    assert tally["refund_settled"] == 1
+    assert provider_refunds(gateway) == (1, 4000)  # the same key, replayed
+    assert money(order_id)[1:] == (4000, "partially_refunded", [(4000, "line_refund:admin")])
+    assert on_hand("MUG-BLUE") == mugs + 1
+    with session_scope() as session:
+        assert not attention.open_items(session, order_id=order_id)
