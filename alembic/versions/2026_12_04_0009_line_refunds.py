@@ -93,7 +93,7 @@ def downgrade() -> None:
     with op.batch_alter_table("payments") as batch:
         batch.drop_column("amount_refund_pending")
     with op.batch_alter_table("order_lines") as batch:
-        batch.drop_constraint("ck_order_lines_refunded_within_quantity", type_="check")
+        batch.drop_constraint("refunded_within_quantity", type_="check")
         batch.drop_column("quantity_refunded")
     op.drop_index(op.f("ix_refund_request_lines_request_id"), table_name="refund_request_lines")
     op.drop_table("refund_request_lines")

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from shop.orders.refunds.views import RefundOut
 from shop.payments.currencies import MAX_AMOUNT, rule_for
 
 MAX_LINES = 100
@@ -315,6 +316,8 @@ class AdminOrderDetail(AdminOrderOut):
     notifications: list[NotificationOut]
     fulfillment: FulfillmentDetailOut | None
     webhooks: list[WebhookOut]
+    refunds: list[RefundOut] = Field(default_factory=list,
+                                     description="line refunds, oldest first")
 
 
 class ResolvedOut(BaseModel):

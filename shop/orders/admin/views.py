@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from shop.notifications.models import Notification
 from shop.orders.fulfillment.views import shipments_out, unfulfilled_out
 from shop.orders.models import Attention, FulfillmentRequest, Order
+from shop.orders.refunds.models import RefundRequest
+from shop.orders.refunds.views import RefundOut
 from shop.orders.schemas import (
     AdminEventOut,
     AdminFailureOut,
@@ -103,6 +105,9 @@ def detail_view(session: Session, *, order: Order) -> AdminOrderDetail:
             unfulfilled=unfulfilled_out(session, order_id=order.id)),
         webhooks=[WebhookOut(id=w.id, type=w.type, outcome=w.outcome,
                              received_at=w.received_at) for w in events],
+        refunds=[RefundOut.of(r) for r in session.scalars(
+            select(RefundRequest).where(RefundRequest.order_id == order.id)
+            .order_by(RefundRequest.created_at))],
     )
 
 

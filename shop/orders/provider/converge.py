@@ -453,6 +453,15 @@ def refund_lines(session: Session, *, refund_id: uuid.UUID, gateway: PaymentGate
             raise InvariantBroken(f"refund {refund_id} has its order's payment attempt")
         if request.status == RefundStatus.SUCCEEDED:
             return "already_refunded"
+        if refunds.too_old_to_resend(request):
+            order = _locked(session, order_id)
+            refunds.mark_needs_attention(
+                session, request=request, order=order,
+                error="its outcome has been unknown for a day, longer than the provider "
+                      "remembers its key: check the provider's dashboard before refunding")
+            lease.clear(order)
+            session.commit()
+            return "left_to_a_person"
         refunds.mark_sent(session, request=request)
         amount, key = request.amount, refunds.provider_key(request, payment)
         session.commit()

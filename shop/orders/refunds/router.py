@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Path
 
 from shop.orders.queries import OrderNotFound
 from shop.orders.refunds import service
-from shop.orders.refunds.schemas import RefundIn, RefundOut
+from shop.orders.refunds.schemas import RefundIn
+from shop.orders.refunds.views import RefundOut
 from shop.web.deps import AdminDep, SessionDep
 from shop.web.errors import (
     ADMIN_RESPONSES,

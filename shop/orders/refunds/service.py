@@ -66,7 +66,7 @@ __all__ = ["LineRequest", "NothingCaptured", "OrderNotFound", "RefundError", "Re
            "RefundKeyReused", "RefundSource", "request_line_refund"]
 
 MAX_REASON = 500
-MAX_KEY = 200  # the caller's part of the key; the stored key is at most 255
+KEY_LIFETIME = dt.timedelta(hours=23)  # under the provider's 24 h memory of a key
 
 
 class RefundError(Exception):
@@ -279,11 +279,7 @@ def mark_needs_attention(session: Session, *, request: RefundRequest, order: Ord
         return
     request.status = RefundStatus.NEEDS_ATTENTION
     request.last_error = error[:2000]
-    flags = SPEC[TaskName.REFUND_LINES].flags
-    kind, what = flags if flags is not None else (attention.Kind.REFUND_FAILED, "refund")
-    attention.flag(session, order_id=request.order_id, kind=kind,
-                   message=f"{what}: {request.amount} {request.currency} "
-                           f"(refund {request.id}): {error}"[:500])
+    _flag(session, request=request, error=error)
     if order is not None:
         order.record("refund.needs_attention", actor=request.actor,
                      detail={"refund_id": str(request.id), "amount": request.amount},
@@ -291,14 +287,47 @@ def mark_needs_attention(session: Session, *, request: RefundRequest, order: Ord
 
 
 def give_up(session: Session, *, refund_id: uuid.UUID, error: Exception | str) -> None:
-    """The task's attempts ran out (the outcome may be unknown): flag it for a person."""
+    """The task's attempts ran out: on the attention list. A request that was sent keeps
+    ``sent`` (its outcome is unknown: reconciliation sends it again with the same key
+    until the provider answers); one never sent is ``needs_attention``."""
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     request = get(session, refund_id=refund_id, lock=True)
     if request is None:
         return
-    mark_needs_attention(session, request=request,
-                         order=load(session, order_id=request.order_id), error=text)
+    order = load(session, order_id=request.order_id)
+    if request.status == RefundStatus.SENT:
+        _flag(session, request=request, error=f"outcome unknown, asked again by "
+                                               f"reconciliation: {text}")
+        request.last_error = text[:2000]
+        if order is not None:
+            order.record("refund.outcome_unknown", actor=request.actor,
+                         detail={"refund_id": str(request.id), "amount": request.amount},
+                         internal={"error": text[:500]})
+    else:
+        mark_needs_attention(session, request=request, order=order, error=text)
     session.commit()
+
+
+def _flag(session: Session, *, request: RefundRequest, error: str) -> None:
+    flags = SPEC[TaskName.REFUND_LINES].flags
+    kind, what = flags if flags is not None else (attention.Kind.REFUND_FAILED, "refund")
+    attention.flag(session, order_id=request.order_id, kind=kind,
+                   message=f"{what}: {request.amount} {request.currency.upper()} "
+                           f"(refund {request.id}): {error}"[:500])
+
+
+def unknown(session: Session, *, before: dt.datetime, limit: int) -> list[uuid.UUID]:
+    """Requests sent whose outcome nobody recorded since ``before`` (for reconciliation)."""
+    return list(session.scalars(
+        select(RefundRequest.id).where(RefundRequest.status == RefundStatus.SENT,
+                                       RefundRequest.updated_at < before)
+        .order_by(RefundRequest.updated_at).limit(limit)))
+
+
+def too_old_to_resend(request: RefundRequest) -> bool:
+    """Whether sending it again could refund twice: the provider keeps an idempotency key
+    for 24 hours (Stripe), so a request first sent longer ago is left to a person."""
+    return request.sends > 0 and request.created_at < utcnow() - KEY_LIFETIME
 
 
 # --- the admin's use case (API, page, CLI): one commit --------------------------------
