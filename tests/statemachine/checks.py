@@ -42,15 +42,44 @@ def nothing_negative(snap: Snapshot) -> None:
 
 
 def reserved_stock_matches_orders(snap: Snapshot) -> None:
-    """Reserved units equal the lines of the orders that hold stock."""
+    """Reserved units equal what the orders that hold stock have not shipped yet (nor
+    given up: a line the warehouse cannot ship is released)."""
     held: dict[str, int] = defaultdict(int)
     for order in snap.orders:
         if order.stock_reserved:
-            for sku, quantity in order.lines:
+            for sku, quantity in order.outstanding:
                 held[sku] += quantity
     for p in snap.products:
         assert p.reserved == held[p.sku], \
             f"{p.sku}: reserved {p.reserved}, held by orders {held[p.sku]}"
+
+
+def stock_leaves_the_shelf_once(snap: Snapshot) -> None:
+    """On the shelf: what the catalogue started with, less every unit shipped (once),
+    moved only by the warehouse's counts (each on the timeline)."""
+    for p in snap.products:
+        assert p.on_hand == p.stocked - p.shipped + p.corrected, \
+            f"{p.sku}: on_hand {p.on_hand}, stocked {p.stocked}, shipped {p.shipped}, " \
+            f"corrected by {p.corrected}"
+
+
+def unshippable_lines_are_refunded_exactly(snap: Snapshot) -> None:
+    """The warehouse's refunds ask for exactly what the lines it cannot ship cost; only a
+    confirmed order ever refuses a warehouse message for another reason than its state."""
+    for order in snap.orders:
+        assert order.warehouse_refunds_asked == order.unfulfilled_to_refund, \
+            f"{_name(order)}: warehouse refunds asked {order.warehouse_refunds_asked}, " \
+            f"the unshippable lines cost {order.unfulfilled_to_refund}"
+    confirmed = {str(o.id) for o in snap.orders if o.stage == "confirmed"}
+    for order_id, why in snap.dead_letters:
+        assert order_id not in confirmed or "not confirmed" in why, \
+            f"a warehouse message for confirmed order {order_id} was refused: {why}"
+
+
+def customers_are_told_at_most_once(snap: Snapshot) -> None:
+    for order in snap.orders:
+        for what, _sent, delivered in (*order.shipment_emails, *order.line_refund_emails):
+            assert delivered <= 1, f"{_name(order)}: {delivered} emails about {what}"
 
 
 def captured_at_most_once_and_confirmed_exactly_once(snap: Snapshot) -> None:
@@ -79,6 +108,9 @@ def check_always(snap: Snapshot) -> None:
     no_unexpected_errors(snap)
     nothing_negative(snap)
     reserved_stock_matches_orders(snap)
+    stock_leaves_the_shelf_once(snap)
+    unshippable_lines_are_refunded_exactly(snap)
+    customers_are_told_at_most_once(snap)
     captured_at_most_once_and_confirmed_exactly_once(snap)
     non_terminal_orders_are_visible_to_admins(snap)
 
@@ -110,8 +142,11 @@ def no_money_held_for_orders_that_want_none(snap: Snapshot) -> None:
         elif order.stage == "confirmed":
             by_hand = sum(i.refunded_outside for i in intents)
             assert not held, f"{_name(order)}: authorizations still held: {held}"
-            assert kept + by_hand == order.total, \
-                f"{_name(order)}: {kept} taken at the provider ({by_hand} refunded by hand)"
+            assert kept + by_hand + order.shop_refunded == order.total, \
+                f"{_name(order)}: {kept} taken at the provider ({by_hand} refunded by hand, " \
+                f"{order.shop_refunded} by line refunds)"
+            if order.fulfillment == "unfulfillable" and "refund_failed" not in order.open_flags:
+                assert kept == 0, f"{_name(order)} is unfulfillable but {kept} is kept"
 
 
 def ledger_equals_provider(snap: Snapshot) -> None:
@@ -137,6 +172,18 @@ def confirmed_orders_are_emailed_or_flagged(snap: Snapshot) -> None:
                 f"once left to the sweeper: {order.email_left_to_sweeper})"
 
 
+def customers_are_told_of_their_goods(snap: Snapshot) -> None:
+    """Each shipment, and each set of lines the warehouse cannot ship, of a confirmed
+    order was emailed, or a person is told it was not."""
+    for order in snap.orders:
+        if order.stage != "confirmed":
+            continue
+        for what, sent, delivered in (*order.shipment_emails, *order.line_refund_emails):
+            assert (sent and delivered == 1) or "email_failed" in order.open_flags, \
+                f"{_name(order)}: no email about {what} (ledger sent: {sent}, delivered: " \
+                f"{delivered}, flags: {sorted(order.open_flags)})"
+
+
 def check_settled(snap: Snapshot) -> None:
     check_always(snap)
     everything_delivered(snap)
@@ -144,3 +191,4 @@ def check_settled(snap: Snapshot) -> None:
     no_money_held_for_orders_that_want_none(snap)
     ledger_equals_provider(snap)
     confirmed_orders_are_emailed_or_flagged(snap)
+    customers_are_told_of_their_goods(snap)

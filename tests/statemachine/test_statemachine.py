@@ -7,7 +7,8 @@ and resends as an admin, arms provider faults (an outage, a lost answer, a 429, 
 refusal, a worker killed after the call), lets another actor act while a provider call
 is in flight, arms SMTP faults (4xx, 5xx), lets leases run out, lets the clock jump,
 and plays the customer (3-D Secure) and the provider (authorizations lapsing, refunds by
-hand in the dashboard).
+hand in the dashboard), and the warehouse (issue 22: parcels, lines it cannot ship with
+or without a shelf count, deliveries; its messages taken in any order, maybe twice).
 ``checks.check_always`` runs after every step; at the end ``World.settle`` drains
 everything without faults and ``checks.check_settled`` runs.
 
@@ -176,6 +177,23 @@ class ShopMachine(RuleBasedStateMachine):
             self.world.lapse_authorizations()
         else:
             self.world.merchant_refunds(pick, whole=what == "refund all")
+
+    # -- the warehouse -------------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.world.requests))
+    @rule(pick=picks, plan=st.sampled_from(driver.WAREHOUSE_PLANS), count_shelf=st.booleans())
+    def warehouse_answers(self, pick: int, plan: str, count_shelf: bool) -> None:
+        """The warehouse ships a request (whole, one unit, in two parcels) or cannot ship
+        a line (or any), maybe with its count of the shelf."""
+        self.world.warehouse_answers(pick, plan, count_shelf)
+
+    @precondition(lambda self: self.world.warehouse_pending > 0)
+    @rule(deliveries=st.lists(st.tuples(picks, st.sampled_from([False, False, True])),
+                              min_size=1, max_size=4))
+    def warehouse_delivers(self, deliveries: list[tuple[int, bool]]) -> None:
+        """The shop consumes the warehouse's messages in any order, maybe twice."""
+        for pick, duplicate in deliveries:
+            self.world.warehouse_delivers(pick, duplicate=duplicate)
 
     # -- the invariants ----------------------------------------------------------------
 

@@ -4,7 +4,7 @@ Both go through the notification ledger (``shop.notifications.service``), keyed 
 shipment and by the warehouse's message, so a repeated task sends nothing more. The
 line-refund email waits for its refund to go through (``RefundPending``, a busy retry)
 so it can say the line *was* refunded; a refund that could not be asked for
-automatically (flagged for a person) is announced as coming.
+automatically, or that needs a person (both flagged), is announced as coming.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def send_line_refund_email(session: Session, *, order_id: uuid.UUID, message_id:
     refunded = False
     if rows[0].refund_key:
         request = find_by_key(session, order_id=order_id, key=rows[0].refund_key)
-        if request is None or request.status != RefundStatus.SUCCEEDED:
+        if request is None or request.status in (RefundStatus.PENDING, RefundStatus.SENT):
             raise RefundPending(f"the refund {rows[0].refund_key} has not gone through yet")
-        refunded = True
+        refunded = request.status == RefundStatus.SUCCEEDED  # else: a person sees to it
     status = session.scalar(select(FulfillmentRequest.status)
                             .where(FulfillmentRequest.order_id == order_id))
     names = {line.sku: line.name for line in order.lines}
