@@ -5,6 +5,9 @@ messages leaving nothing behind. SQLite and PostgreSQL, a recording fake gateway
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -203,3 +206,20 @@ def test_admins_filter_by_fulfillment_and_see_the_shipments(
     public = client.get(f"/v1/orders/{order_id}").json()["fulfillment"]
     assert public["status"] == "partially_shipped"
     assert public["shipments"][0]["lines"] == [{"sku": "MUG", "quantity": 1}]
+
+
+def test_the_cli_shows_the_shipments(session: Session, gateway: FakeGateway,
+                                     db_url: str) -> None:
+    order_id, request_id = confirmed(session, gateway)
+    apply(session, shipped(order_id, request_id, {"MUG": 3}, shipment_id="p1"))
+    apply(session, cannot_fulfil(order_id, request_id, {"TEE": 1}, reason="damaged"))
+    session.commit()
+
+    shown = subprocess.run([sys.executable, "-m", "shop.cli", "orders", "show", str(order_id)],
+                           env={**os.environ, "SHOP_DATABASE_URL": db_url},
+                           capture_output=True, text=True, timeout=60)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "fulfillment: shipped" in shown.stdout
+    assert "shipment p1  MUG x3  DHL TRK-p1" in shown.stdout
+    assert "cannot ship TEE x1  damaged  not refunded yet" in shown.stdout

@@ -107,6 +107,19 @@ def _show(args: argparse.Namespace) -> int:
             print(f"    {m.attempt}  {shown(m.reference or '-')}  {m.currency}  "
                   f"{m.authorized}  {m.held}  {m.captured}  {m.refunded}  {m.disputed}  "
                   f"{agreed}")
+    if detail.fulfillment is not None:
+        print(f"  fulfillment: {detail.fulfillment.status}")
+        for parcel in detail.fulfillment.shipments:
+            units = ", ".join(f"{x.sku} x{x.quantity}" for x in parcel.lines)
+            delivered = f"delivered {parcel.delivered_at:%Y-%m-%d %H:%M:%S}" \
+                if parcel.delivered_at else "not delivered"
+            print(f"    shipment {shown(parcel.id)}  {shown(units)}  {shown(parcel.carrier)} "
+                  f"{shown(parcel.tracking_number)}  shipped "
+                  f"{parcel.shipped_at:%Y-%m-%d %H:%M:%S}  {delivered}")
+        for missing in detail.fulfillment.unfulfilled:
+            refunded = "refunded" if missing.refunded else "not refunded yet"
+            print(f"    cannot ship {shown(missing.sku)} x{missing.quantity}  "
+                  f"{shown(missing.reason)}  {refunded}")
     for r in detail.refunds:
         lines = ", ".join(f"{x.sku} x{x.quantity}{' restock' if x.restock else ''}"
                           for x in r.lines)
