@@ -170,6 +170,8 @@ def test_a_message_naming_what_the_shop_does_not_know_is_refused_and_changes_not
                  "delivered_at": "2026-12-04T10:00:00"}).encode(), "m1"),  # no zone
     (json.dumps({"message_id": "m1", "order_id": str(uuid.uuid4()), "shipment_id": "p",
                  "delivered_at": "2026-12-04T10:00:00Z"}).encode(), "m2"),  # ids differ
+    (json.dumps({"message_id": "m1", "order_id": str(uuid.uuid4()), "shipment_id": "p\nBcc",
+                 "delivered_at": "2026-12-04T10:00:00Z"}).encode(), "m1"),  # two lines
 ])
 def test_a_message_the_shop_cannot_read_is_invalid(body: bytes, amqp_id: str) -> None:
     with pytest.raises(Invalid):

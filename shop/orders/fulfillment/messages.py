@@ -18,8 +18,9 @@ SHIPPED = "fulfillment.shipped"
 CANNOT_FULFIL = "fulfillment.cannot_fulfil"
 DELIVERED = "fulfillment.delivered"
 
-Text = Annotated[str, Field(min_length=1, max_length=255)]
-Sku = Annotated[str, Field(min_length=1, max_length=64)]
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # one line: these reach email subjects and logs
+Text = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE)]
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
 
 
 class Invalid(Exception):
@@ -62,7 +63,7 @@ class _WithLines(_Message):
 
 class Shipped(_WithLines):
     shipment_id: Text
-    carrier: Annotated[str, Field(min_length=1, max_length=100)]
+    carrier: Annotated[str, Field(min_length=1, max_length=100, pattern=PRINTABLE)]
     tracking_number: Text
     tracking_url: Annotated[str, Field(min_length=1, max_length=2000,
                                        pattern=r"^https?://[^\s]+$")]
