@@ -222,7 +222,7 @@ class AdminFailureOut(FailureOut):
 
 class AttentionOut(BaseModel):
     kind: str = Field(description="email_failed, fulfillment_failed, payment_unknown, "
-                                  "release_failed, refunded_unconfirmed, dispute")
+                                  "release_failed, refunded_unconfirmed, dispute, refund_failed")
     message: str
     since: dt.datetime
 

@@ -72,6 +72,10 @@ def test_a_line_refund_posted_twice_concurrently_moves_money_and_stock_once(
     assert refunds == [(4000, "line_refund:admin")]
     assert on_hand("MUG-BLUE") == mugs + 1  # restocked, once
     assert on_hand("TEE-M") == tees  # not restocked
+    lines = {x["sku"]: (x["restock"], x["restocked"])
+             for x in client.get(f"/admin/orders/{order_id}", headers=AUTH).json()
+             ["refunds"][0]["lines"]}
+    assert lines == {"MUG-BLUE": (True, True), "TEE-M": (False, False)}
     seen = client.get(f"/admin/orders/{order_id}", headers=AUTH).json()
     assert seen["payment"]["amount_refunded"] == 4000
     types = [e["type"] for e in seen["events"]]

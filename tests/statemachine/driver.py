@@ -81,8 +81,14 @@ from shop.orders.fulfillment.models import Shipment, ShipmentLine, UnfulfilledLi
 from shop.orders.models import Attention, FulfillmentRequest, Order, OrderEvent, OrderLine, Product
 from shop.orders.provider import converge, reconcile
 from shop.orders.provider import events as payment_events
+from shop.orders.queries import OrderNotFound
 from shop.orders.refunds import service as refunds
-from shop.orders.refunds.models import RefundRequest, RefundSource, RefundStatus
+from shop.orders.refunds.models import (
+    RefundRequest,
+    RefundRequestLine,
+    RefundSource,
+    RefundStatus,
+)
 from shop.orders.schemas import OrderIn, ProductIn
 from shop.orders.workflow import giving_up, steps, sweeper
 from shop.orders.workflow.table import TaskName
@@ -99,7 +105,7 @@ from shop.payments.gateway import (
     ProviderEvent,
     RefundState,
 )
-from shop.payments.models import Payment, WebhookEvent
+from shop.payments.models import Payment, Refund, WebhookEvent
 
 T = TypeVar("T")
 
@@ -209,6 +215,7 @@ class SimProvider:
         self.captured_amounts: dict[str, list[int]] = {}
         self.authorized_at: dict[str, dt.datetime] = {}
         self.refunded_outside: Counter[str] = Counter()  # by hand, in the dashboard
+        self.refunds_by_key: dict[str, list[int]] = {}  # the shop's refunds that took effect
         self.calls: Counter[str] = Counter()
 
     # The PaymentGateway protocol.
@@ -235,8 +242,14 @@ class SimProvider:
             reference, idempotency_key=idempotency_key))
 
     def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
-        return self._call("refund", reference, lambda: self.inner.refund(
-            reference, amount=amount, idempotency_key=idempotency_key))
+        def call() -> RefundState:
+            before = self.inner.retrieve(reference).amount_refunded
+            done = self.inner.refund(reference, amount=amount, idempotency_key=idempotency_key)
+            if self.inner.retrieve(reference).amount_refunded > before:  # not a replay
+                self.refunds_by_key.setdefault(idempotency_key, []).append(amount)
+            return done
+
+        return self._call("refund", reference, call)
 
     def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
         found = self._call("list_intents", None, lambda: sorted(
@@ -392,7 +405,7 @@ class Fault:
     action: Action | None = None  # for "meanwhile": what another actor does
 ACTIONS = ("deliver", "webhook", "admin retry", "admin cancel", "admin resend email",
            "sweep", "reconcile", "expire_authentications", "expire_leases",
-           "customer passes", "customer fails")
+           "customer passes", "customer fails", "admin refund")
 
 
 # --- the mail server --------------------------------------------------------------------
@@ -478,6 +491,27 @@ class IntentRow:
 
 
 @dataclass(frozen=True)
+class RefundRow:
+    """One line-refund request, with its lines ``(sku, quantity, restock, restocked)``."""
+
+    order_id: uuid.UUID
+    status: str
+    amount: int
+    payment_reference: str | None
+    provider_key: str  # the idempotency key it is sent with
+    lines: tuple[tuple[str, int, bool, bool], ...]
+
+
+@dataclass(frozen=True)
+class LedgerRefundRow:
+    """A ``refunds`` row: money the ledger says went back (line refunds and the rest)."""
+
+    payment_reference: str | None
+    amount: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     orders: tuple[OrderRow, ...]
     products: tuple[ProductRow, ...]
@@ -488,6 +522,13 @@ class Snapshot:
     unhandled_events: int
     undrained: tuple[str, ...]  # what the settle could not deliver
     dead_letters: tuple[tuple[str, str], ...] = ()  # warehouse messages refused: (order, why)
+    refunds: tuple[RefundRow, ...] = ()
+    ledger_refunds: tuple[LedgerRefundRow, ...] = ()
+    refund_pending: tuple[tuple[str | None, int], ...] = ()  # (reference, reserved amount)
+    line_refunded: tuple[tuple[uuid.UUID, str, int], ...] = ()  # (order, sku, units)
+    initial_stock: tuple[tuple[str, int], ...] = ()
+    shipped: tuple[tuple[str, int], ...] = ()  # units that left the shelf (the warehouse)
+    shop_refunds_by_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 # --- the broker -------------------------------------------------------------------------
@@ -806,17 +847,6 @@ class World:
         """The body and the give-up of each task, as ``shop/orders/tasks.py`` has them."""
         kwargs, gateway, mailer = message.kwargs, self.provider, self.mailer
         name = TaskName(message.name)
-        if name is TaskName.REFUND_LINES:
-            refund_id = uuid.UUID(str(kwargs["refund_id"]))
-
-            def refund(session: Session) -> object:
-                return converge.refund_lines(session, refund_id=refund_id, gateway=gateway,
-                                             owner=owner)
-
-            def refund_gives_up(session: Session, exc: Exception) -> None:
-                refunds.give_up(session, refund_id=refund_id, error=exc)
-
-            return refund, refund_gives_up
         if name is TaskName.HANDLE_PAYMENT_EVENT:
             event_id = str(kwargs["event_id"])
 
@@ -828,6 +858,17 @@ class World:
                 payment_events.defer(session, event_id=event_id, error=str(exc))
 
             return handle, defer
+        if name is TaskName.REFUND_LINES:  # shop/orders/refunds/tasks.py
+            refund_id = uuid.UUID(str(kwargs["refund_id"]))
+
+            def send(session: Session) -> object:
+                return converge.refund_lines(session, refund_id=refund_id, gateway=gateway,
+                                             owner=owner)
+
+            def flag(session: Session, exc: Exception) -> None:
+                refunds.give_up(session, refund_id=refund_id, error=exc)
+
+            return send, flag
         order_id = uuid.UUID(str(kwargs["order_id"]))
         attempt = int(kwargs.get("attempt", 0))
 
@@ -1113,6 +1154,44 @@ class World:
                            lambda s, order_id: admin_service.resend(
                                s, order_id=order_id, actor="admin", what=what))
 
+    def admin_refund(self, pick: int, quantities: tuple[int, ...] = (1,),
+                     restocks: tuple[bool, ...] = (False,), key: str | None = None,
+                     twice: bool = False) -> str:
+        """An admin refunds units of the order's lines (its i-th line: ``quantities[i]``
+        units, ``restocks[i]``), with an ``Idempotency-Key`` or none; ``twice``: the same
+        post again at once (a double click, or a retry after a lost answer)."""
+        if not self.order_ids:
+            return "no orders"
+        index = pick % len(self.order_ids)
+        order_id = self.order_ids[index]
+        with self._session() as session:
+            skus = sorted(session.scalars(select(OrderLine.sku)
+                                          .where(OrderLine.order_id == order_id)))
+        lines = [refunds.LineRequest(sku=sku, quantity=quantities[i % len(quantities)],
+                                     restock=restocks[i % len(restocks)])
+                 for i, sku in enumerate(skus) if quantities[i % len(quantities)] > 0]
+        if not lines:
+            lines = [refunds.LineRequest(sku=skus[0], quantity=1, restock=restocks[0])]
+        said = []
+        for _ in range(2 if twice else 1):
+            try:
+                with self._session() as session:
+                    request = refunds.refund_for_admin(
+                        session, order_id=order_id, lines=lines, reason="damaged", key=key,
+                        actor="admin")
+                    said.append(f"{request.amount} {request.status}")
+            except (refunds.RefundError, OrderNotFound) as exc:
+                said.append(f"refused ({type(exc).__name__})")
+            except (*EXPECTED_FAILURES, OperationalError) as exc:
+                said.append(f"failed ({type(exc).__name__})")
+            except Exception as exc:
+                self._unexpected("admin refund", exc)
+                said.append("unexpected")
+        self._relay()
+        shown = ", ".join(f"{x.sku}x{x.quantity}{'+restock' if x.restock else ''}"
+                          for x in lines)
+        return self._note(f"admin refund({index}) [{shown}] key={key}: {'; '.join(said)}")
+
     # -- faults, the clock, the customer, the provider on its own --------------------------
 
     def provider_fault(self, op: str, mode: str, times: int = 1) -> str:
@@ -1178,6 +1257,8 @@ class World:
             return self.expire_authentications()
         if kind == "expire_leases":
             return self.expire_leases()
+        if kind == "admin refund":
+            return self.admin_refund(pick, quantities=(1, pick % 2), restocks=(pick % 3 == 0,))
         raise AssertionError(f"no such action: {kind}")
 
     def meanwhile(self, op: str, kind: str, pick: int) -> str:
@@ -1256,6 +1337,7 @@ class World:
             unhandled = len(session.scalars(select(WebhookEvent.id).where(
                 WebhookEvent.processed_at.is_(None))).all())
             delivered = Counter(self.mailer.sent)
+            refund_rows = self._refund_rows(session)
             order_rows = tuple(OrderRow(
                 id=o.id, index=self._order_index(str(o.id)), stage=o.stage, status=o.status,
                 total=o.total, attempt=o.payment_attempt, stock_reserved=o.stock_reserved,
@@ -1294,7 +1376,14 @@ class World:
         return Snapshot(orders=order_rows, products=product_rows, payments=payment_rows,
                         intents=tuple(intents), unexpected=tuple(self.unexpected),
                         pending_messages=len(self.broker), unhandled_events=unhandled,
-                        undrained=tuple(self.undrained), dead_letters=tuple(self.dead_letters))
+                        undrained=tuple(self.undrained), dead_letters=tuple(self.dead_letters),
+                        **refund_rows,
+                        initial_stock=tuple((sku, stock) for sku, (_, stock)
+                                            in PRODUCTS.items()),
+                        shipped=tuple((p.sku, p.shipped) for p in product_rows),
+                        shop_refunds_by_key=tuple(
+                            (key, tuple(amounts))
+                            for key, amounts in self.provider.refunds_by_key.items()))
 
     def _goods(self, session: Session) -> dict[uuid.UUID, dict[str, Any]]:
         """Per order: its fulfillment, the line refunds, and the emails about its goods."""
@@ -1329,6 +1418,34 @@ class World:
                 (message_id, sent.get(key, False), delivered[message_id_for(key)]),)
         return found
 
+    def _refund_rows(self, session: Session) -> dict[str, Any]:
+        """Line refunds, the ledger's refund rows, reservations and units refunded."""
+        payments = {p.id: p for p in session.scalars(select(Payment))}
+        by_attempt = {(p.order_id, p.attempt): p for p in payments.values()}
+        lines: dict[uuid.UUID, list[RefundRequestLine]] = {}
+        for line in session.scalars(select(RefundRequestLine).order_by(RefundRequestLine.id)):
+            lines.setdefault(line.request_id, []).append(line)
+        requests = []
+        for r in session.scalars(select(RefundRequest).order_by(RefundRequest.created_at)):
+            payment = by_attempt[(r.order_id, r.payment_attempt)]
+            requests.append(RefundRow(
+                order_id=r.order_id, status=r.status, amount=r.amount,
+                payment_reference=payment.reference,
+                provider_key=refunds.provider_key(r, payment),
+                lines=tuple((x.sku, x.quantity, x.restock, x.restocked)
+                            for x in lines.get(r.id, []))))
+        return {
+            "refunds": tuple(requests),
+            "ledger_refunds": tuple(
+                LedgerRefundRow(payments[x.payment_id].reference, x.amount, x.reason)
+                for x in session.scalars(select(Refund).order_by(Refund.id))),
+            "refund_pending": tuple((p.reference, p.amount_refund_pending)
+                                    for p in payments.values()),
+            "line_refunded": tuple((order_id, sku, units) for order_id, sku, units in
+                                   session.execute(select(OrderLine.order_id, OrderLine.sku,
+                                                          OrderLine.quantity_refunded))),
+        }
+
 
 # The shop functions this driver calls (what to remap after the move).
 SHOP_CALLS: tuple[str, ...] = (
@@ -1349,5 +1466,6 @@ SHOP_CALLS: tuple[str, ...] = (
     "shop.orders.fulfillment.service.apply", "shop.orders.fulfillment.messages.parse",
     "shop.orders.fulfillment.emails.send_shipment_email",
     "shop.orders.fulfillment.emails.send_line_refund_email",
-    "shop.orders.provider.converge.refund_lines", "shop.orders.refunds.service.give_up",
+    "shop.orders.refunds.service.refund_for_admin", "shop.orders.refunds.service.give_up",
+    "shop.orders.refunds.service.provider_key", "shop.orders.provider.converge.refund_lines",
 )

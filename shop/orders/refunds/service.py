@@ -262,7 +262,9 @@ def mark_succeeded(session: Session, *, request: RefundRequest, order: Order,
                             .values(on_hand=Product.on_hand + line.quantity))
             line.restocked = True
             restocked.append(line.sku)
-    session.expire(request)
+    # Only what the statement wrote is read again: expiring the whole request would
+    # cascade to its lines and drop their ``restocked`` before the flush.
+    session.expire(request, ["status", "provider_reference", "last_error", "updated_at"])
     attention.resolve(session, order_id=order.id, kind=attention.Kind.REFUND_FAILED,
                       order=order, why="the refund went through")
     order.record("refund.succeeded", actor=request.actor, detail={
