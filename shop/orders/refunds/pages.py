@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session
 
 from shop.config import Settings
 from shop.orders.admin.html import page
-from shop.orders.admin.pages import ORDER_PAGE, FormDep, PageError, SignedIn, _detail
+from shop.orders.admin.pages import (
+    ORDER_PAGE,
+    Action,
+    FormDep,
+    PageError,
+    SignedIn,
+    _detail,
+    available,
+)
 from shop.orders.models import OrderLine
 from shop.orders.queries import OrderNotFound
 from shop.orders.refunds import service
@@ -39,6 +47,10 @@ def refund_form(order_id: str, session: SessionDep, actor: SignedIn,
                 settings: SettingsDep) -> HTMLResponse:
     """Which units of which lines to refund, and whether each goes back on the shelf."""
     order = _detail(session, order_id)
+    if Action.REFUND not in available(order):
+        raise PageError(409, f"{Action.REFUND.label}: does not apply",
+                        f"{Action.REFUND.applies_to} This order is {order.status}.",
+                        back=ORDER_PAGE.format(order.id))
     return page("refund.html", actor=actor, order=order, lines=_lines(session, order.id),
                 token=csrf.form_token(_secret(settings), purpose=PURPOSE.format(order.id)),
                 key=uuid.uuid4().hex, back=ORDER_PAGE.format(order.id))
