@@ -12,6 +12,8 @@ from shop.orders import router as orders_router
 from shop.orders.admin import pages as admin_pages
 from shop.orders.admin import router as orders_admin
 from shop.orders.provider import router as webhooks
+from shop.orders.refunds import pages as refund_pages
+from shop.orders.refunds import router as refunds_router
 from shop.reports import router as reports_router
 from shop.web import errors, health
 from shop.web.http_metrics import HttpMetrics
@@ -60,6 +62,8 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(orders_router.router)
     app.include_router(orders_admin.router)
+    app.include_router(refunds_router.router)
+    app.include_router(refund_pages.router)  # before the pages' generic action routes
     admin_pages.install(app)
     app.include_router(webhooks.router)
     app.include_router(reports_router.router)

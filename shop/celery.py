@@ -14,6 +14,9 @@ Reliability choices (RabbitMQ 3.10 here; see docs/delivery.md):
   messages land in ``shop.dead_letter`` instead of vanishing; redeliveries are
   bounded by a count kept in the database (``shop.messaging.runner``), and on quorum
   queues by the broker's delivery limit too;
+- the warehouse's answers (queue ``shop.warehouse``) are consumed inside the worker by
+  a consumer step (``shop.orders.fulfillment.consumer``), acknowledged after their
+  commit, dead-lettered with a reason when refused;
 - the shop owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations``
   queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
   even before the warehouse binds its own queue;
@@ -56,6 +59,7 @@ from shop.db import dispose_engine
 from shop.messaging import dispatch, relay
 from shop.messaging.broker import declare_topology, task_queues, transport_options
 from shop.messaging.models import OutboxMessage
+from shop.orders.fulfillment.consumer import WarehouseConsumer
 from shop.orders.workflow import table
 from shop.orders.workflow.table import TaskName
 from shop.reports import schedule as reports_schedule
@@ -65,6 +69,7 @@ log = logging.getLogger(__name__)
 RECONCILE_EVERY = 300.0
 # The modules whose ``shared_task``s the workers run (the domains never import this app).
 TASK_MODULES = ["shop.orders.workflow.tasks", "shop.orders.provider.tasks",
+                "shop.orders.fulfillment.tasks", "shop.orders.refunds.tasks",
                 "shop.reports.tasks"]
 ROUTES: dict[str, str] = {
     **table.routes(),
@@ -115,6 +120,8 @@ def configure(app: Celery, settings: Settings) -> None:
 
 app = Celery("shop", include=TASK_MODULES)
 configure(app, get_settings())
+# The warehouse's answers are consumed in the worker, beside its tasks (not a new process).
+app.steps["consumer"].add(WarehouseConsumer)
 
 DIRECT_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
                         "interval_max": 0.2}

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
         "local time (HH:MM) at which beat builds the previous day's report"))
     report_low_stock: int = Field(default=5, ge=0, description=(
         "available units under which the daily report lists a product"))
+    report_unshipped_days: int = Field(default=3, ge=0, le=365, description=(
+        "days after confirmation from which the daily report lists an order that has "
+        "not shipped (nothing, or not everything, left the shelf)"))
 
     retry_max_attempts: int = Field(default=5, ge=1, description=(
         "attempts of a step that fails transiently before the order fails"))

@@ -88,6 +88,10 @@ DEAD_LETTERS = Counter("shop_dead_letters", "Messages rejected to the dead-lette
                        ["task"])
 WEBHOOKS = Counter("shop_webhook_events", "Provider webhook events handled",
                    ["type", "outcome"])
+WAREHOUSE_MESSAGES = Counter("shop_warehouse_messages", "Warehouse messages handled, by kind "
+                             "and outcome (applied, parked, duplicate, dead_letter, retry)",
+                             ["kind", "outcome"])
+UNITS_SHIPPED = Counter("shop_units_shipped", "Units that left the shelf in a shipment")
 REPORT_RUNS = Counter("shop_report_runs", "Daily report runs", ["outcome"])
 RECONCILE_MENDS = Counter("shop_reconcile_mends", "What reconciliation mended or left",
                           ["mend"])

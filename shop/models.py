@@ -3,6 +3,12 @@
 from shop.db import Base
 from shop.messaging.models import OutboxMessage, TaskDelivery
 from shop.notifications.models import Notification
+from shop.orders.fulfillment.models import (
+    Shipment,
+    ShipmentLine,
+    UnfulfilledLine,
+    WarehouseMessage,
+)
 from shop.orders.models import (
     FulfillmentRequest,
     IdempotencyKey,
@@ -11,6 +17,7 @@ from shop.orders.models import (
     OrderLine,
     Product,
 )
+from shop.orders.refunds.models import RefundRequest, RefundRequestLine
 from shop.payments.models import Payment, WebhookEvent
 from shop.reports.models import DailyReport
 
@@ -26,6 +33,12 @@ __all__ = [
     "OutboxMessage",
     "Payment",
     "Product",
+    "RefundRequest",
+    "RefundRequestLine",
+    "Shipment",
+    "ShipmentLine",
     "TaskDelivery",
+    "UnfulfilledLine",
+    "WarehouseMessage",
     "WebhookEvent",
 ]

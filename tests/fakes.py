@@ -145,7 +145,10 @@ class FakeGateway:
         if state.status != "succeeded" or amount > state.amount_received - state.amount_refunded:
             raise PaymentProviderError("nothing to refund")
         self.intents[reference] = replace(state, amount_refunded=state.amount_refunded + amount)
-        return RefundState(reference=f"re_{reference}", amount=amount, status="succeeded")
+        # one id per refund (as Stripe's): two line refunds of one intent differ by key
+        suffix = f"_{abs(hash(idempotency_key)) % 10**8}" if ":refund:" in idempotency_key else ""
+        return RefundState(reference=f"re_{reference}{suffix}", amount=amount,
+                           status="succeeded")
 
     def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
         return iter(list(self.intents.values()))

@@ -7,6 +7,10 @@
   owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations`` queues bound
   to it, so a request (or its withdrawal) is kept even before the warehouse binds its
   own queue (CONTRACT.md);
+- the warehouse answers on the durable topic exchange ``shop.warehouse``; the shop's
+  durable queue ``shop.warehouse`` (bound to ``fulfillment.*``) dead-letters to
+  ``shop.dlx`` with the message's own routing key, and the worker consumes it
+  (``shop.orders.fulfillment.consumer``);
 - every queue the shop owns has the type ``SHOP_BROKER_QUEUE_TYPE``, and every
   declaration takes its arguments from ``queue_arguments``:
 
@@ -73,6 +77,10 @@ DEAD_LETTER_POLICY = "shop-dead-letter"
 
 DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="topic", durable=True)
 EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
+WAREHOUSE_EXCHANGE = "shop.warehouse"
+WAREHOUSE_QUEUE_NAME = "shop.warehouse"
+WAREHOUSE_ROUTING_KEYS = "fulfillment.*"
+WAREHOUSE = Exchange(WAREHOUSE_EXCHANGE, type="topic", durable=True)
 
 
 def is_quorum(settings: Settings) -> bool:
@@ -80,17 +88,19 @@ def is_quorum(settings: Settings) -> bool:
     return settings.broker_is_amqp and settings.broker_queue_type == "quorum"
 
 
-def queue_arguments(settings: Settings, *,
-                    dead_letter_routing_key: str | None = None) -> dict[str, Any]:
+def queue_arguments(settings: Settings, *, dead_letter_routing_key: str | None = None,
+                    dead_letters: bool = False) -> dict[str, Any]:
     """The arguments of a queue the shop declares: its type, and with
-    ``dead_letter_routing_key`` its dead-lettering to ``shop.dlx`` (on quorum queues
-    with the delivery limit, at least once). Empty on the embedded transports."""
+    ``dead_letter_routing_key`` (or ``dead_letters``, keeping each message's own routing
+    key) its dead-lettering to ``shop.dlx`` (on quorum queues with the delivery limit, at
+    least once). Empty on the embedded transports."""
     if not settings.broker_is_amqp:
         return {}
     args: dict[str, Any] = {"x-queue-type": settings.broker_queue_type}
-    if dead_letter_routing_key is not None:
-        args |= {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-                 "x-dead-letter-routing-key": dead_letter_routing_key}
+    if dead_letters or dead_letter_routing_key is not None:
+        args["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE.name
+        if dead_letter_routing_key is not None:
+            args["x-dead-letter-routing-key"] = dead_letter_routing_key
         if is_quorum(settings):
             args |= {"x-delivery-limit": DELIVERY_LIMIT,
                      "x-dead-letter-strategy": "at-least-once",
@@ -133,10 +143,18 @@ def cancellation_queue(settings: Settings) -> Queue:
                  queue_arguments=queue_arguments(settings) or None)
 
 
+def warehouse_queue(settings: Settings) -> Queue:
+    """``shop.warehouse``: the warehouse's answers (``fulfillment.*``), consumed by the
+    workers; a refused one is dead-lettered with its own routing key."""
+    return Queue(WAREHOUSE_QUEUE_NAME, WAREHOUSE, routing_key=WAREHOUSE_ROUTING_KEYS,
+                 durable=True,
+                 queue_arguments=queue_arguments(settings, dead_letters=True) or None)
+
+
 def topology_queues(settings: Settings) -> list[Queue]:
     """The queues beyond the task queues that the shop's messages rely on."""
     return [dead_letter_queue(settings), fulfillment_queue(settings),
-            cancellation_queue(settings)]
+            cancellation_queue(settings), warehouse_queue(settings)]
 
 
 def owned_queues(settings: Settings) -> list[Queue]:
@@ -185,7 +203,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def declare_topology(connection: Connection, settings: Settings | None = None) -> None:
     """Declare what the shop's messages rely on beyond a worker's own consumers (AMQP
-    only): the dead-letter queue, the warehouse's queues on the events exchange, and on
+    only): the dead-letter queue, the warehouse's queues on the events exchange, the
+    queue of the warehouse's answers, and on
     quorum queues the task queues with the delayed-delivery exchanges and queues a
     countdown travels through (so a relay may publish one before any worker started)."""
     settings = settings or get_settings()

@@ -26,6 +26,8 @@ class Kind(StrEnum):
     UNRECOGNIZED_PAYMENT = "unrecognized_payment"  # money names the order; the shop did not take it
     PROVIDER_ERROR = "provider_error"  # the provider refuses to say anything of this payment
     LEDGER_MISMATCH = "ledger_mismatch"  # the shop's ledger and the provider disagree
+    STOCK_MISMATCH = "stock_mismatch"  # the warehouse counted fewer units than are reserved
+    REFUND_FAILED = "refund_failed"  # a line refund did not go through (or is unknown)
 
 
 def flag(session: Session, *, order_id: uuid.UUID, kind: Kind, message: str) -> None:

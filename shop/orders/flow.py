@@ -95,7 +95,7 @@ def withdraw_fulfillment(session: Session, *, order: Order) -> None:
     request_id = session.execute(
         update(FulfillmentRequest)
         .where(FulfillmentRequest.order_id == order.id,
-               FulfillmentRequest.status == "requested")
+               FulfillmentRequest.status.in_(("requested", "partially_shipped")))
         .values(status="cancelled").returning(FulfillmentRequest.id)).scalar()
     if request_id is None:
         return

@@ -151,6 +151,10 @@ class OrderLine(Base):
         UniqueConstraint("order_id", "sku"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("unit_price >= 0", name="unit_price_not_negative"),
+        CheckConstraint("shipped >= 0 AND unfulfilled >= 0 AND shipped + unfulfilled <= quantity",
+                        name="fulfilled_within_quantity"),
+        CheckConstraint("quantity_refunded >= 0 AND quantity_refunded <= quantity",
+                        name="refunded_within_quantity"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -160,8 +164,17 @@ class OrderLine(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price: Mapped[int] = mapped_column(BigInteger)
     line_total: Mapped[int] = mapped_column(BigInteger)
+    shipped: Mapped[int] = mapped_column(Integer, default=0)  # units that left the shelf
+    unfulfilled: Mapped[int] = mapped_column(Integer, default=0)  # units that never will
+    # Units refunded or being refunded by line refunds (reserved when requested).
+    quantity_refunded: Mapped[int] = mapped_column(Integer, default=0)
 
     order: Mapped[Order] = relationship(back_populates="lines")
+
+    @property
+    def outstanding(self) -> int:
+        """Units still reserved for this line: neither shipped nor given up."""
+        return self.quantity - (self.shipped or 0) - (self.unfulfilled or 0)
     product: Mapped[Product] = relationship(viewonly=True)
 
 
@@ -203,7 +216,8 @@ class FulfillmentRequest(Base):
     order_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("orders.id", ondelete="CASCADE"), unique=True
     )
-    status: Mapped[str] = mapped_column(String(20), default="requested")
+    # requested, partially_shipped, shipped, delivered, cancelled, unfulfillable
+    status: Mapped[str] = mapped_column(String(20), default="requested", index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

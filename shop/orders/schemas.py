@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from shop.orders.refunds.views import RefundOut
 from shop.payments.currencies import MAX_AMOUNT, rule_for
 
 MAX_LINES = 100
@@ -161,8 +162,33 @@ class FailureOut(BaseModel):
     message: str = Field(description="written for the customer")
 
 
+class ShipmentLineOut(BaseModel):
+    sku: str
+    quantity: int
+
+
+class ShipmentOut(BaseModel):
+    id: str = Field(description="the warehouse's shipment id")
+    lines: list[ShipmentLineOut]
+    carrier: str
+    tracking_number: str
+    tracking_url: str
+    shipped_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+class UnfulfilledOut(BaseModel):
+    sku: str
+    quantity: int
+    reason: str
+    refunded: bool = Field(description="the refund of these units went through")
+
+
 class FulfillmentOut(BaseModel):
-    status: str
+    status: str = Field(description="requested, partially_shipped, shipped, delivered, "
+                                    "cancelled or unfulfillable")
+    shipments: list[ShipmentOut] = Field(default_factory=list)
+    unfulfilled: list[UnfulfilledOut] = Field(default_factory=list)
 
 
 class EventOut(BaseModel):
@@ -196,7 +222,7 @@ class AdminFailureOut(FailureOut):
 
 class AttentionOut(BaseModel):
     kind: str = Field(description="email_failed, fulfillment_failed, payment_unknown, "
-                                  "release_failed, refunded_unconfirmed, dispute")
+                                  "release_failed, refunded_unconfirmed, dispute, refund_failed")
     message: str
     since: dt.datetime
 
@@ -214,6 +240,9 @@ class AdminOrderOut(BaseModel):
     failure: AdminFailureOut | None
     attention: list[AttentionOut]
     payment: PaymentOut | None
+    fulfillment_status: str | None = Field(
+        default=None, description="a confirmed order's fulfillment.status (None before "
+                                  "its warehouse request)")
 
 
 class AdminOrderPage(BaseModel):
@@ -267,6 +296,8 @@ class FulfillmentDetailOut(BaseModel):
     message_id: uuid.UUID
     status: str
     created_at: dt.datetime
+    shipments: list[ShipmentOut] = Field(default_factory=list)
+    unfulfilled: list[UnfulfilledOut] = Field(default_factory=list)
 
 
 class WebhookOut(BaseModel):
@@ -285,6 +316,8 @@ class AdminOrderDetail(AdminOrderOut):
     notifications: list[NotificationOut]
     fulfillment: FulfillmentDetailOut | None
     webhooks: list[WebhookOut]
+    refunds: list[RefundOut] = Field(default_factory=list,
+                                     description="line refunds, oldest first")
 
 
 class ResolvedOut(BaseModel):

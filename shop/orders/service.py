@@ -14,11 +14,11 @@ from shop import metrics
 from shop.db import insert_for, utcnow
 from shop.orders import flow as workflow
 from shop.orders import queries
-from shop.orders.models import FulfillmentRequest, IdempotencyKey, Order, OrderLine, Product
+from shop.orders.fulfillment.views import fulfillment_of
+from shop.orders.models import IdempotencyKey, Order, OrderLine, Product
 from shop.orders.schemas import (
     EventOut,
     FailureOut,
-    FulfillmentOut,
     LineOut,
     OrderIn,
     OrderOut,
@@ -135,9 +135,7 @@ def _build_order(session: Session, *, data: OrderIn) -> Order:
 def order_view(session: Session, *, order: Order, new: bool = False) -> OrderOut:
     """The contract's JSON shape of an order (``new``: just placed, nothing to look up)."""
     payment = None if new else payments.latest_attempt(session, order_id=order.id)
-    fulfillment = None if new else session.scalar(
-        select(FulfillmentRequest).where(FulfillmentRequest.order_id == order.id)
-    )
+    fulfillment = None if new else fulfillment_of(session, order_id=order.id)
     failure = None
     if order.failure_step and order.failure_reason:
         failure = FailureOut(step=order.failure_step, reason=order.failure_reason,
@@ -154,7 +152,7 @@ def order_view(session: Session, *, order: Order, new: bool = False) -> OrderOut
             amount_captured=payment.amount_captured or None,
             amount_refunded=payment.amount_refunded or None),
         failure=failure,
-        fulfillment=None if fulfillment is None else FulfillmentOut(status=fulfillment.status),
+        fulfillment=fulfillment,
         events=[EventOut(at=e.at, type=e.type, detail=e.detail) for e in order.events],
         created_at=order.created_at, updated_at=order.updated_at,
     )

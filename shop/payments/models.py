@@ -71,6 +71,9 @@ class Payment(Base):
     amount_captured: Mapped[int] = mapped_column(BigInteger, default=0)
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
     amount_disputed: Mapped[int] = mapped_column(BigInteger, default=0)  # held in open disputes
+    # Refunds the shop decided and has not seen through yet (pending or sent line
+    # refunds): reserved against what remains, and not taken for dashboard refunds.
+    amount_refund_pending: Mapped[int] = mapped_column(BigInteger, default=0)
     verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # ledger = provider
     captured_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     last_error: Mapped[str | None] = mapped_column(Text)

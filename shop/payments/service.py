@@ -392,7 +392,7 @@ def record(session: Session, *, result: Result, payment: Payment | None = None) 
     if result.captured:
         payment.amount_captured = max(payment.amount_captured, result.captured)
         payment.captured_at = payment.captured_at or utcnow()
-    if result.refunded > payment.amount_refunded:
+    if result.refunded > 0:
         _add_refund(session, payment=payment, total=result.refunded)
     if result.outcome is Outcome.REFUNDED:
         full = payment.amount_refunded >= payment.amount_captured
@@ -403,13 +403,73 @@ def record(session: Session, *, result: Result, payment: Payment | None = None) 
 
 
 def _add_refund(session: Session, *, payment: Payment, total: int) -> None:
+    """Take the provider's refunded ``total`` into the ledger: whatever no ``Refund`` row
+    explains yet, beyond the shop's own line refunds still in flight
+    (``amount_refund_pending``, recorded by ``record_refund`` when they are seen
+    through), becomes one row (a dashboard refund, or a release's)."""
+    payment.amount_refunded = max(payment.amount_refunded, total)
     recorded = session.scalar(select(func.coalesce(func.sum(Refund.amount), 0))
                               .where(Refund.payment_id == payment.id)) or 0
-    if total > recorded:
-        session.add(Refund(payment_id=payment.id, amount=total - recorded,
-                           reference=f"{payment.reference}:refunded:{total}",
+    unexplained = payment.amount_refunded - recorded - payment.amount_refund_pending
+    if unexplained > 0:  # the reference names where the ledger's sum now stands: unique
+        session.add(Refund(payment_id=payment.id, amount=unexplained,
+                           reference=f"{payment.reference}:refunded:{recorded + unexplained}",
                            currency=payment.currency, reason="requested_by_shop"))
-    payment.amount_refunded = total
+
+
+# --- line refunds: reserved when decided, sent once, recorded once --------------------
+
+
+def refundable(payment: Payment) -> int:
+    """What the attempt captured that is neither refunded nor reserved for a refund."""
+    return max(0, payment.amount_captured - payment.amount_refunded
+               - payment.amount_refund_pending)
+
+
+def reserve_refund(session: Session, *, payment: Payment, amount: int) -> bool:
+    """Reserve ``amount`` for a line refund if it fits in what remains (one conditional
+    update: concurrent reservations can never together exceed it); no commit."""
+    done = session.execute(
+        update(Payment)
+        .where(Payment.id == payment.id,
+               Payment.amount_captured - Payment.amount_refunded
+               - Payment.amount_refund_pending >= amount)
+        .values(amount_refund_pending=Payment.amount_refund_pending + amount)
+        .execution_options(synchronize_session=False))
+    session.expire(payment)
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def refund(*, payment: Payment, amount: int, key: str,
+           gateway: PaymentGateway) -> tuple[str, Result]:
+    """Give back ``amount`` of the captured attempt under ``key``; the provider's refund id
+    and what the intent says afterwards.
+
+    ``PaymentTransientError``: the outcome is unknown; send again with the same key (the
+    provider replays the first answer). ``PaymentProviderError``: refused, nothing moved.
+    """
+    if payment.reference is None:
+        raise InvariantBroken(f"payment {payment.id} is refunded without an intent")
+    done = gateway.refund(payment.reference, amount=amount, idempotency_key=key)
+    return done.reference, classify(payment, gateway.retrieve(payment.reference))
+
+
+def record_refund(session: Session, *, payment: Payment, amount: int, reference: str,
+                  reason: str, result: Result) -> Payment:
+    """A line refund the provider made: its own ``Refund`` row, its reservation let go,
+    and the intent's totals recorded (in the caller's transaction)."""
+    session.add(Refund(payment_id=payment.id, amount=amount, reference=reference,
+                       currency=payment.currency, reason=reason[:64]))
+    payment.amount_refund_pending = max(0, payment.amount_refund_pending - amount)
+    return record(session, result=result, payment=payment)
+
+
+def release_refund(session: Session, *, payment: Payment, amount: int) -> None:
+    """A line refund that moved no money: its reservation let go (the caller commits);
+    provider refunds it held back from the ledger are taken in now."""
+    payment.amount_refund_pending = max(0, payment.amount_refund_pending - amount)
+    if payment.amount_refunded > 0:
+        _add_refund(session, payment=payment, total=payment.amount_refunded)
 
 
 def unsettled(payment: Payment) -> bool:

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shop.reports import checks, queries
+from shop.reports import checks, queries, shipping
 from shop.reports.days import Window, hours, local_day
 
-VERSION = 1
+VERSION = 2  # 2: "fulfillment" (shipments, units shipped, refunds by reason, unshipped)
 TOP = 10
 
 
@@ -26,7 +26,7 @@ def iso(moment: dt.datetime) -> str:
 
 
 def build(session: Session, *, day: dt.date, timezone: str, low_stock_below: int,
-          now: dt.datetime) -> dict[str, Any]:
+          now: dt.datetime, unshipped_after_days: int = 3) -> dict[str, Any]:
     """Every figure of the local ``day``; checks are as of ``now``."""
     window = local_day(day, timezone)
     products = queries.product_sales(session, window)
@@ -47,6 +47,8 @@ def build(session: Session, *, day: dt.date, timezone: str, low_stock_below: int
             "previous_day": headline(session, _shift(window, days=1)),
             "same_weekday_last_week": headline(session, _shift(window, days=7)),
         },
+        "fulfillment": shipping.figures(session, window, now=now,
+                                        unshipped_after_days=unshipped_after_days),
         "low_stock": checks.low_stock(session, below=low_stock_below),
         "consistency": checks.consistency(session, now=now),
     }

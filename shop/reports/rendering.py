@@ -47,9 +47,22 @@ def context(data: dict[str, Any]) -> dict[str, Any]:
         "charts": _charts(data["hourly"]),
         "bar_height": BAR_HEIGHT,
         "low_stock": data["low_stock"],
+        "fulfillment": _fulfillment(data.get("fulfillment")),
         "checks": _checks(data["consistency"]),
         "healthy": not any(c["count"] for c in data["consistency"].values()),
     }
+
+
+def _fulfillment(figures: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fulfillment figures with money formatted (None in reports built before them)."""
+    if figures is None:
+        return None
+    return {**figures, "refunds_by_reason": [
+        {**r, "amount_text": money(r["amount"], r["currency"])}
+        for r in figures["refunds_by_reason"]],
+        "unshipped": {**figures["unshipped"], "orders": [
+            {**o, "total_text": money(o["total"], o["currency"])}
+            for o in figures["unshipped"]["orders"]]}}
 
 
 def _length_note(length: float) -> str:

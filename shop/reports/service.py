@@ -150,7 +150,8 @@ def ensure_built(session: Session, *, day: dt.date, settings: Settings, now: dt.
         session.commit()
         return report, False
     data = figures.build(session, day=day, timezone=settings.timezone,
-                         low_stock_below=settings.report_low_stock, now=now)
+                         low_stock_below=settings.report_low_stock, now=now,
+                         unshipped_after_days=settings.report_unshipped_days)
     session.execute(update(DailyReport).where(DailyReport.day == day).values(data=data))
     if queue_mail and settings.recipients:
         enqueue_task(session, name=DAILY_REPORT_TASK, kwargs={"day": day.isoformat()})

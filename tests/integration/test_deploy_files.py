@@ -293,7 +293,8 @@ def test_the_rabbitmq_definitions_are_what_the_workers_declare() -> None:
     assert {q["arguments"].get("x-queue-type") for q in written["queues"]} == {"quorum"}
     assert {e["type"] for e in written["exchanges"] if e["name"] in QUEUES} == {"topic"}
     policy = re.compile(DEAD_LETTER_POLICY["pattern"])
-    assert [q["name"] for q in written["queues"] if policy.match(q["name"])] == list(QUEUES)
+    assert [q["name"] for q in written["queues"] if policy.match(q["name"])] == [
+        *QUEUES, "shop.warehouse"]  # the warehouse's answers dead-letter with their own key
     [written_policy] = written["policies"]
     assert written_policy["definition"] == {
         "dead-letter-exchange": DEAD_LETTER_EXCHANGE.name, "delivery-limit": DELIVERY_LIMIT,

@@ -50,7 +50,7 @@ def rows(what: str, vhost: str, *columns: str) -> dict[str, str]:
 
 def old_release_topology(url: str) -> list[Queue]:
     """The queues exactly as a release before quorum queues declared them: classic task
-    queues on direct exchanges, the other three without arguments."""
+    queues on direct exchanges, the other four without arguments."""
     classic = Settings(broker_url=url, broker_queue_type="classic")
     queues = [*task_queues(classic)]
     queues += [Queue(q.name, q.exchange, routing_key=q.routing_key, durable=True)
@@ -124,7 +124,7 @@ def test_the_classic_to_quorum_migration_on_a_live_vhost_loses_no_waiting_messag
     checked = shop(vhost_url, "broker", "migrate-queues", "--check")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "orders: a classic queue, expected quorum" in checked.stdout
-    assert "7 queues to migrate" in checked.stdout
+    assert "8 queues to migrate" in checked.stdout
 
     with Connection(vhost_url) as conn:  # a worker still consuming: refused, nothing moves
         channel = conn.channel()

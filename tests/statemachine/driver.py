@@ -20,7 +20,11 @@ drives it, one action at a time, without Celery:
 - a clock (``CLOCK``) that ``shop`` reads through every ``utcnow`` (the database's own
   clock, ``db_now``, is left alone: leases run out when ``expire_leases`` moves their
   end into the past);
-- the beat jobs (sweeper, reconciliation, 3-D Secure expiry) and the admin actions.
+- the beat jobs (sweeper, reconciliation, 3-D Secure expiry) and the admin actions;
+- the warehouse (issue 22): it reads the fulfillment requests the relay publishes and
+  answers on its own queue (``warehouse_answers``: parcels, lines it cannot ship, maybe
+  with a shelf count, and each parcel's delivery), which the shop consumes in any order
+  and maybe twice (``warehouse_delivers``), as ``shop.orders.fulfillment.consumer`` does.
 
 What it reads back for the checks is plain data (``Snapshot``), not shop's models.
 A "worker killed" is ``WorkerKilled``, a ``BaseException``: shop's ``finally`` blocks
@@ -34,6 +38,7 @@ import atexit
 import contextlib
 import datetime as dt
 import itertools
+import json
 import os
 import shutil
 import sqlite3
@@ -48,7 +53,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -60,6 +65,7 @@ import shop.models  # (registers every table)
 from shop.config import get_settings
 from shop.db import Base, build_engine, db_now
 from shop.exceptions import BusyError, PermanentError, SlowDown, TransientError
+from shop.messaging.broker import FULFILLMENT_ROUTING_KEY
 from shop.messaging.models import OutboxMessage
 from shop.messaging.service import count_delivery, delivery_count, mark_consumed, relay_batch
 from shop.notifications.mailer import MailPermanentError, MailTransientError
@@ -67,9 +73,22 @@ from shop.notifications.models import Notification
 from shop.notifications.service import message_id_for
 from shop.orders import service
 from shop.orders.admin import service as admin_service
-from shop.orders.models import Attention, Order, OrderLine, Product
+from shop.orders.fulfillment import emails as fulfillment_emails
+from shop.orders.fulfillment import service as fulfillment
+from shop.orders.fulfillment.messages import CANNOT_FULFIL, DELIVERED, SHIPPED
+from shop.orders.fulfillment.messages import parse as parse_warehouse_message
+from shop.orders.fulfillment.models import Shipment, ShipmentLine, UnfulfilledLine
+from shop.orders.models import Attention, FulfillmentRequest, Order, OrderEvent, OrderLine, Product
 from shop.orders.provider import converge, reconcile
 from shop.orders.provider import events as payment_events
+from shop.orders.queries import OrderNotFound
+from shop.orders.refunds import service as refunds
+from shop.orders.refunds.models import (
+    RefundRequest,
+    RefundRequestLine,
+    RefundSource,
+    RefundStatus,
+)
 from shop.orders.schemas import OrderIn, ProductIn
 from shop.orders.workflow import giving_up, steps, sweeper
 from shop.orders.workflow.table import TaskName
@@ -86,7 +105,7 @@ from shop.payments.gateway import (
     ProviderEvent,
     RefundState,
 )
-from shop.payments.models import Payment, WebhookEvent
+from shop.payments.models import Payment, Refund, WebhookEvent
 
 T = TypeVar("T")
 
@@ -113,6 +132,8 @@ DEAD_LEASE_SECONDS = 86_400.0  # a dead worker's lease: until ``expire_leases``
 EXPIRED_CLAIM_SECONDS = 86_400.0  # how far back ``expire_leases`` puts email claims
 
 IN_FLIGHT_STAGES = ("placed", "in_stock", "requires_action", "authorized", "reserved")
+WAREHOUSE_PLANS = ("ship all", "ship one", "split in two", "cannot ship one line",
+                   "cannot ship any")
 
 
 # --- the clock --------------------------------------------------------------------------
@@ -194,6 +215,7 @@ class SimProvider:
         self.captured_amounts: dict[str, list[int]] = {}
         self.authorized_at: dict[str, dt.datetime] = {}
         self.refunded_outside: Counter[str] = Counter()  # by hand, in the dashboard
+        self.refunds_by_key: dict[str, list[int]] = {}  # the shop's refunds that took effect
         self.calls: Counter[str] = Counter()
 
     # The PaymentGateway protocol.
@@ -220,8 +242,14 @@ class SimProvider:
             reference, idempotency_key=idempotency_key))
 
     def refund(self, reference: str, *, amount: int, idempotency_key: str) -> RefundState:
-        return self._call("refund", reference, lambda: self.inner.refund(
-            reference, amount=amount, idempotency_key=idempotency_key))
+        def call() -> RefundState:
+            before = self.inner.retrieve(reference).amount_refunded
+            done = self.inner.refund(reference, amount=amount, idempotency_key=idempotency_key)
+            if self.inner.retrieve(reference).amount_refunded > before:  # not a replay
+                self.refunds_by_key.setdefault(idempotency_key, []).append(amount)
+            return done
+
+        return self._call("refund", reference, call)
 
     def list_intents(self, *, created_after: int) -> Iterator[IntentState]:
         found = self._call("list_intents", None, lambda: sorted(
@@ -377,7 +405,7 @@ class Fault:
     action: Action | None = None  # for "meanwhile": what another actor does
 ACTIONS = ("deliver", "webhook", "admin retry", "admin cancel", "admin resend email",
            "sweep", "reconcile", "expire_authentications", "expire_leases",
-           "customer passes", "customer fails")
+           "customer passes", "customer fails", "admin refund")
 
 
 # --- the mail server --------------------------------------------------------------------
@@ -418,6 +446,13 @@ class OrderRow:
     emails_delivered: int  # messages the mail server accepted for it
     email_left_to_sweeper: bool  # its email task once gave up on a 4xx
     in_admin_view: bool  # listed by status (pending, requires_action) or as needing attention
+    outstanding: tuple[tuple[str, int], ...] = ()  # units neither shipped nor given up
+    fulfillment: str | None = None  # fulfillment.status
+    shop_refunded: int = 0  # line refunds (admin or warehouse) the provider made
+    warehouse_refunds_asked: int = 0  # the warehouse's line refunds, asked for
+    unfulfilled_to_refund: int = 0  # what the lines the warehouse cannot ship cost
+    shipment_emails: tuple[tuple[str, bool, int], ...] = ()  # (shipment, ledger sent, delivered)
+    line_refund_emails: tuple[tuple[str, bool, int], ...] = ()  # (message, ledger sent, delivered)
 
 
 @dataclass(frozen=True)
@@ -425,6 +460,9 @@ class ProductRow:
     sku: str
     on_hand: int
     reserved: int
+    stocked: int = 0  # what the catalogue started with
+    shipped: int = 0  # units in the shop's shipments
+    corrected: int = 0  # on_hand moved by the warehouse's shelf counts (to - from)
 
 
 @dataclass(frozen=True)
@@ -453,6 +491,27 @@ class IntentRow:
 
 
 @dataclass(frozen=True)
+class RefundRow:
+    """One line-refund request, with its lines ``(sku, quantity, restock, restocked)``."""
+
+    order_id: uuid.UUID
+    status: str
+    amount: int
+    payment_reference: str | None
+    provider_key: str  # the idempotency key it is sent with
+    lines: tuple[tuple[str, int, bool, bool], ...]
+
+
+@dataclass(frozen=True)
+class LedgerRefundRow:
+    """A ``refunds`` row: money the ledger says went back (line refunds and the rest)."""
+
+    payment_reference: str | None
+    amount: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     orders: tuple[OrderRow, ...]
     products: tuple[ProductRow, ...]
@@ -462,6 +521,14 @@ class Snapshot:
     pending_messages: int
     unhandled_events: int
     undrained: tuple[str, ...]  # what the settle could not deliver
+    dead_letters: tuple[tuple[str, str], ...] = ()  # warehouse messages refused: (order, why)
+    refunds: tuple[RefundRow, ...] = ()
+    ledger_refunds: tuple[LedgerRefundRow, ...] = ()
+    refund_pending: tuple[tuple[str | None, int], ...] = ()  # (reference, reserved amount)
+    line_refunded: tuple[tuple[uuid.UUID, str, int], ...] = ()  # (order, sku, units)
+    initial_stock: tuple[tuple[str, int], ...] = ()
+    shipped: tuple[tuple[str, int], ...] = ()  # units that left the shelf (the warehouse)
+    shop_refunds_by_key: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 # --- the broker -------------------------------------------------------------------------
@@ -582,6 +649,13 @@ class World:
         self.undrained: list[str] = []
         self.emails_left_to_sweeper: set[uuid.UUID] = set()  # gave up on a 4xx
         self.log: list[str] = []
+        # the warehouse: the requests it received, what it still has to answer for, and
+        # its messages on ``shop.warehouse`` (routing key, body)
+        self.requests: dict[uuid.UUID, str] = {}
+        self.warehouse_left: dict[uuid.UUID, dict[str, int]] = {}
+        self.warehouse_queue: list[tuple[str, dict[str, Any]]] = []
+        self.dead_letters: list[tuple[str, str]] = []
+        self._parcels = itertools.count(1)
         self._leases_at_crash: list[tuple[uuid.UUID, str]] = []
         self._serial = itertools.count()
         with self._session() as session:
@@ -662,6 +736,13 @@ class World:
         except OperationalError:  # locked (by a call in flight): the next relay pass
             return
         tasks = sorted((m for m in batch if m.kind == "task"), key=self._message_key)
+        for request in batch:  # the warehouse's own queue, bound to shop.events
+            if request.kind == "event" and request.name == FULFILLMENT_ROUTING_KEY:
+                order_id = uuid.UUID(str(request.payload["order_id"]))
+                if order_id not in self.requests:
+                    self.requests[order_id] = str(request.payload["message_id"])
+                    self.warehouse_left[order_id] = {
+                        str(x["sku"]): int(x["quantity"]) for x in request.payload["lines"]}
         self.broker.extend(Message(id=str(m.id), name=m.name, kwargs=dict(m.payload))
                            for m in tasks)
 
@@ -777,6 +858,17 @@ class World:
                 payment_events.defer(session, event_id=event_id, error=str(exc))
 
             return handle, defer
+        if name is TaskName.REFUND_LINES:  # shop/orders/refunds/tasks.py
+            refund_id = uuid.UUID(str(kwargs["refund_id"]))
+
+            def send(session: Session) -> object:
+                return converge.refund_lines(session, refund_id=refund_id, gateway=gateway,
+                                             owner=owner)
+
+            def flag(session: Session, exc: Exception) -> None:
+                refunds.give_up(session, refund_id=refund_id, error=exc)
+
+            return send, flag
         order_id = uuid.UUID(str(kwargs["order_id"]))
         attempt = int(kwargs.get("attempt", 0))
 
@@ -805,6 +897,14 @@ class World:
             elif name is TaskName.RELEASE_PAYMENT:
                 converge.release(session, order_id=order_id, attempt=attempt,
                                       gateway=gateway, owner=owner)
+            elif name is TaskName.SEND_SHIPMENT_EMAIL:
+                fulfillment_emails.send_shipment_email(
+                    session, order_id=order_id, shipment_id=str(kwargs["shipment_id"]),
+                    mailer=mailer, sender=self.settings.mail_from)
+            elif name is TaskName.SEND_LINE_REFUND_EMAIL:
+                fulfillment_emails.send_line_refund_email(
+                    session, order_id=order_id, message_id=str(kwargs["message_id"]),
+                    mailer=mailer, sender=self.settings.mail_from)
             else:
                 raise AssertionError(f"no such workflow task: {name}")
 
@@ -848,6 +948,118 @@ class World:
                             .values(claimed_at=db_now(-EXPIRED_CLAIM_SECONDS)))
             session.commit()
         return self._note("leases expired")
+
+    # -- the warehouse ----------------------------------------------------------------
+
+    @property
+    def warehouse_pending(self) -> int:
+        return len(self.warehouse_queue)
+
+    def warehouse_answers(self, pick: int, plan: str, count_shelf: bool = False) -> str:
+        """The warehouse answers one request it still owes an answer for, by ``plan``;
+        each parcel's delivery is queued with it (they may arrive in either order)."""
+        owed = [oid for oid in self.requests if any(self.warehouse_left[oid].values())]
+        if not owed:
+            return "the warehouse owes nothing"
+        order_id = owed[pick % len(owed)]
+        left = self.warehouse_left[order_id]
+        skus = sorted(sku for sku, units in left.items() if units)
+        if plan == "ship all":
+            self._parcel(order_id, {sku: left[sku] for sku in skus})
+        elif plan == "ship one":
+            self._parcel(order_id, {skus[0]: 1})
+        elif plan == "split in two":
+            first = {skus[0]: max(1, left[skus[0]] // 2)}
+            self._parcel(order_id, first)
+            rest = {sku: left[sku] for sku in skus if left[sku]}
+            if rest:
+                self._parcel(order_id, rest)
+        elif plan == "cannot ship one line":
+            self._cannot(order_id, {skus[-1]: left[skus[-1]]}, count_shelf)
+        else:
+            self._cannot(order_id, {sku: left[sku] for sku in skus}, count_shelf)
+        return self._note(f"warehouse: {plan} of order {self._order_index(str(order_id))}")
+
+    def _parcel(self, order_id: uuid.UUID, units: dict[str, int]) -> None:
+        shipment_id = f"parcel-{next(self._parcels)}"
+        for sku, quantity in units.items():
+            self.warehouse_left[order_id][sku] -= quantity
+        now = CLOCK.now().isoformat()
+        self.warehouse_queue.append((SHIPPED, {
+            "message_id": str(uuid.uuid4()), "order_id": str(order_id),
+            "request_message_id": self.requests[order_id], "shipment_id": shipment_id,
+            "lines": [{"sku": sku, "quantity": q} for sku, q in sorted(units.items())],
+            "carrier": "DHL", "tracking_number": shipment_id,
+            "tracking_url": f"https://track.example/{shipment_id}", "shipped_at": now}))
+        self.warehouse_queue.append((DELIVERED, {
+            "message_id": str(uuid.uuid4()), "order_id": str(order_id),
+            "shipment_id": shipment_id, "delivered_at": now}))
+
+    def _cannot(self, order_id: uuid.UUID, units: dict[str, int], count_shelf: bool) -> None:
+        for sku, quantity in units.items():
+            self.warehouse_left[order_id][sku] -= quantity
+        body: dict[str, Any] = {
+            "message_id": str(uuid.uuid4()), "order_id": str(order_id),
+            "request_message_id": self.requests[order_id], "reason": "damaged",
+            "lines": [{"sku": sku, "quantity": q} for sku, q in sorted(units.items())]}
+        if count_shelf:  # one unit fewer on the shelf than the shop thinks
+            with self._session() as session:
+                body["on_hand"] = {sku: max(0, int(on_hand) - 1) for sku, on_hand in
+                                   session.execute(select(Product.sku, Product.on_hand)
+                                                   .where(Product.sku.in_(list(units))))}
+        self.warehouse_queue.append((CANNOT_FULFIL, body))
+
+    def warehouse_delivers(self, pick: int, *, duplicate: bool = False) -> str:
+        """The shop's consumer takes the ``pick``-th message on ``shop.warehouse``;
+        ``duplicate``: it comes again later whatever happens."""
+        if not self.warehouse_queue:
+            return "nothing from the warehouse"
+        index = pick % len(self.warehouse_queue)
+        routing_key, body = self.warehouse_queue[index]
+        message = parse_warehouse_message(routing_key=routing_key,
+                                          body=json.dumps(body).encode(),
+                                          message_id=body["message_id"])
+        try:
+            with self._session() as session:
+                outcome = fulfillment.apply(session, message=message)
+        except fulfillment.Rejected as exc:
+            self.dead_letters.append((str(body["order_id"]), exc.reason))
+            outcome = f"dead-lettered ({exc.reason})"
+        except EXPECTED_FAILURES as exc:  # put back (the consumer requeues it)
+            self._relay()
+            return self._note(f"warehouse {routing_key}: retry ({type(exc).__name__})")
+        except Exception as exc:
+            self._unexpected(f"warehouse {routing_key}", exc)
+            outcome = "unexpected"
+        if not duplicate:
+            self.warehouse_queue.pop(index)
+        self._relay()
+        return self._note(f"warehouse {routing_key}: {outcome}"
+                          + (" (duplicated)" if duplicate else ""))
+
+    def warehouse_answers_everything(self) -> str:
+        """The warehouse answers every request it still owes (each order its own plan,
+        by its position and how far the example went), and its messages all arrive twice,
+        the second time backwards."""
+        for order_id in list(self.requests):
+            if any(self.warehouse_left[order_id].values()):
+                index = self._order_index(str(order_id)) + len(self.log)
+                self.warehouse_answers(self.order_ids.index(order_id) if order_id in
+                                       self.order_ids else 0,
+                                       WAREHOUSE_PLANS[index % len(WAREHOUSE_PLANS)],
+                                       count_shelf=index % 3 == 0)
+        # (``warehouse_answers`` picks among the orders still owed: answer each in turn)
+        while any(any(left.values()) for left in self.warehouse_left.values()):
+            self.warehouse_answers(0, "ship all")
+        self.warehouse_queue.extend(reversed(list(self.warehouse_queue)))
+        return self._note("warehouse answered everything")
+
+    def _deliver_warehouse(self) -> None:
+        for _ in range(200):
+            if not self.warehouse_queue:
+                return
+            self.warehouse_delivers(0)
+        self.undrained.extend(f"warehouse {key}" for key, _ in self.warehouse_queue)
 
     # -- webhooks -----------------------------------------------------------------------
 
@@ -942,6 +1154,44 @@ class World:
                            lambda s, order_id: admin_service.resend(
                                s, order_id=order_id, actor="admin", what=what))
 
+    def admin_refund(self, pick: int, quantities: tuple[int, ...] = (1,),
+                     restocks: tuple[bool, ...] = (False,), key: str | None = None,
+                     twice: bool = False) -> str:
+        """An admin refunds units of the order's lines (its i-th line: ``quantities[i]``
+        units, ``restocks[i]``), with an ``Idempotency-Key`` or none; ``twice``: the same
+        post again at once (a double click, or a retry after a lost answer)."""
+        if not self.order_ids:
+            return "no orders"
+        index = pick % len(self.order_ids)
+        order_id = self.order_ids[index]
+        with self._session() as session:
+            skus = sorted(session.scalars(select(OrderLine.sku)
+                                          .where(OrderLine.order_id == order_id)))
+        lines = [refunds.LineRequest(sku=sku, quantity=quantities[i % len(quantities)],
+                                     restock=restocks[i % len(restocks)])
+                 for i, sku in enumerate(skus) if quantities[i % len(quantities)] > 0]
+        if not lines:
+            lines = [refunds.LineRequest(sku=skus[0], quantity=1, restock=restocks[0])]
+        said = []
+        for _ in range(2 if twice else 1):
+            try:
+                with self._session() as session:
+                    request = refunds.refund_for_admin(
+                        session, order_id=order_id, lines=lines, reason="damaged", key=key,
+                        actor="admin")
+                    said.append(f"{request.amount} {request.status}")
+            except (refunds.RefundError, OrderNotFound) as exc:
+                said.append(f"refused ({type(exc).__name__})")
+            except (*EXPECTED_FAILURES, OperationalError) as exc:
+                said.append(f"failed ({type(exc).__name__})")
+            except Exception as exc:
+                self._unexpected("admin refund", exc)
+                said.append("unexpected")
+        self._relay()
+        shown = ", ".join(f"{x.sku}x{x.quantity}{'+restock' if x.restock else ''}"
+                          for x in lines)
+        return self._note(f"admin refund({index}) [{shown}] key={key}: {'; '.join(said)}")
+
     # -- faults, the clock, the customer, the provider on its own --------------------------
 
     def provider_fault(self, op: str, mode: str, times: int = 1) -> str:
@@ -1007,6 +1257,8 @@ class World:
             return self.expire_authentications()
         if kind == "expire_leases":
             return self.expire_leases()
+        if kind == "admin refund":
+            return self.admin_refund(pick, quantities=(1, pick % 2), restocks=(pick % 3 == 0,))
         raise AssertionError(f"no such action: {kind}")
 
     def meanwhile(self, op: str, kind: str, pick: int) -> str:
@@ -1038,6 +1290,8 @@ class World:
         self.mailer.faults.clear()
         for number in range(rounds):
             self._deliver_everything()
+            if number == 1:
+                self.warehouse_answers_everything()
             self.advance_clock(3_660 if number == rounds // 2 else 360)
             self.sweep()
             self.reconcile()
@@ -1046,6 +1300,7 @@ class World:
 
     def _deliver_everything(self) -> None:
         self.expire_leases()
+        self._deliver_warehouse()
         for _ in range(3):
             self.accept_new_events()
             for _ in range(400):
@@ -1064,7 +1319,9 @@ class World:
         with self._session() as session:
             orders = session.scalars(select(Order).order_by(Order.created_at)).all()
             lines = session.execute(select(OrderLine.order_id, OrderLine.sku,
-                                           OrderLine.quantity)).all()
+                                           OrderLine.quantity, OrderLine.shipped,
+                                           OrderLine.unfulfilled)).all()
+            goods = self._goods(session)
             flags = session.execute(select(Attention.order_id, Attention.kind)
                                     .where(Attention.resolved_at.is_(None))).all()
             sent = set(session.scalars(select(Notification.order_id).where(
@@ -1080,17 +1337,28 @@ class World:
             unhandled = len(session.scalars(select(WebhookEvent.id).where(
                 WebhookEvent.processed_at.is_(None))).all())
             delivered = Counter(self.mailer.sent)
+            refund_rows = self._refund_rows(session)
             order_rows = tuple(OrderRow(
                 id=o.id, index=self._order_index(str(o.id)), stage=o.stage, status=o.status,
                 total=o.total, attempt=o.payment_attempt, stock_reserved=o.stock_reserved,
-                lines=tuple((sku, qty) for oid, sku, qty in lines if oid == o.id),
+                lines=tuple((sku, qty) for oid, sku, qty, _, _ in lines if oid == o.id),
+                outstanding=tuple((sku, qty - shipped - unfulfilled)
+                                  for oid, sku, qty, shipped, unfulfilled in lines
+                                  if oid == o.id),
+                **goods.get(o.id, {}),
                 open_flags=frozenset(kind for oid, kind in flags if oid == o.id),
                 email_ledger_sent=o.id in sent,
                 emails_delivered=delivered[message_id_for(
                     f"{steps.CONFIRMATION_KIND}:{o.id}")],
                 email_left_to_sweeper=o.id in self.emails_left_to_sweeper,
                 in_admin_view=o.id in visible) for o in orders)
-            product_rows = tuple(ProductRow(p.sku, p.on_hand, p.reserved) for p in products)
+            product_rows = tuple(ProductRow(
+                p.sku, p.on_hand, p.reserved, stocked=PRODUCTS[p.sku][1],
+                shipped=int(session.scalar(select(func.sum(ShipmentLine.quantity))
+                                           .where(ShipmentLine.sku == p.sku)) or 0),
+                corrected=sum(int(e["to"]) - int(e["from"]) for e in session.scalars(
+                    select(OrderEvent.detail).where(OrderEvent.type == "stock.corrected"))
+                    if e.get("sku") == p.sku)) for p in products)
             payment_rows = tuple(PaymentRow(
                 p.order_id, p.attempt, p.reference, p.status, p.amount, p.amount_captured,
                 p.amount_refunded) for p in payments)
@@ -1108,7 +1376,75 @@ class World:
         return Snapshot(orders=order_rows, products=product_rows, payments=payment_rows,
                         intents=tuple(intents), unexpected=tuple(self.unexpected),
                         pending_messages=len(self.broker), unhandled_events=unhandled,
-                        undrained=tuple(self.undrained))
+                        undrained=tuple(self.undrained), dead_letters=tuple(self.dead_letters),
+                        **refund_rows,
+                        initial_stock=tuple((sku, stock) for sku, (_, stock)
+                                            in PRODUCTS.items()),
+                        shipped=tuple((p.sku, p.shipped) for p in product_rows),
+                        shop_refunds_by_key=tuple(
+                            (key, tuple(amounts))
+                            for key, amounts in self.provider.refunds_by_key.items()))
+
+    def _goods(self, session: Session) -> dict[uuid.UUID, dict[str, Any]]:
+        """Per order: its fulfillment, the line refunds, and the emails about its goods."""
+        found: dict[uuid.UUID, dict[str, Any]] = {}
+
+        def of(order_id: uuid.UUID) -> dict[str, Any]:
+            return found.setdefault(order_id, {
+                "shop_refunded": 0, "warehouse_refunds_asked": 0, "unfulfilled_to_refund": 0,
+                "shipment_emails": (), "line_refund_emails": ()})
+
+        for order_id, status in session.execute(
+                select(FulfillmentRequest.order_id, FulfillmentRequest.status)):
+            of(order_id)["fulfillment"] = status
+        for r in session.scalars(select(RefundRequest)):
+            if r.status == RefundStatus.SUCCEEDED:
+                of(r.order_id)["shop_refunded"] += r.amount
+            if r.source == RefundSource.WAREHOUSE:
+                of(r.order_id)["warehouse_refunds_asked"] += r.amount
+        for u in session.scalars(select(UnfulfilledLine).where(UnfulfilledLine.refund_key != "")):
+            of(u.order_id)["unfulfilled_to_refund"] += u.amount
+        sent = {n.key: n.status == "sent" for n in session.scalars(select(Notification))}
+        delivered = Counter(self.mailer.sent)
+        for shipment in session.scalars(select(Shipment).order_by(Shipment.id)):
+            key = f"{fulfillment_emails.SHIPPED_KIND}:{shipment.shipment_id}"
+            of(shipment.order_id)["shipment_emails"] += (
+                (shipment.shipment_id, sent.get(key, False), delivered[message_id_for(key)]),)
+        for message_id, order_id in {(row.message_id, row.order_id) for row in session.execute(
+                select(UnfulfilledLine.message_id, UnfulfilledLine.order_id))}:
+            key = (f"{fulfillment_emails.LINE_REFUND_KIND}:"
+                   f"{uuid.uuid5(uuid.NAMESPACE_URL, message_id)}")
+            of(order_id)["line_refund_emails"] += (
+                (message_id, sent.get(key, False), delivered[message_id_for(key)]),)
+        return found
+
+    def _refund_rows(self, session: Session) -> dict[str, Any]:
+        """Line refunds, the ledger's refund rows, reservations and units refunded."""
+        payments = {p.id: p for p in session.scalars(select(Payment))}
+        by_attempt = {(p.order_id, p.attempt): p for p in payments.values()}
+        lines: dict[uuid.UUID, list[RefundRequestLine]] = {}
+        for line in session.scalars(select(RefundRequestLine).order_by(RefundRequestLine.id)):
+            lines.setdefault(line.request_id, []).append(line)
+        requests = []
+        for r in session.scalars(select(RefundRequest).order_by(RefundRequest.created_at)):
+            payment = by_attempt[(r.order_id, r.payment_attempt)]
+            requests.append(RefundRow(
+                order_id=r.order_id, status=r.status, amount=r.amount,
+                payment_reference=payment.reference,
+                provider_key=refunds.provider_key(r, payment),
+                lines=tuple((x.sku, x.quantity, x.restock, x.restocked)
+                            for x in lines.get(r.id, []))))
+        return {
+            "refunds": tuple(requests),
+            "ledger_refunds": tuple(
+                LedgerRefundRow(payments[x.payment_id].reference, x.amount, x.reason)
+                for x in session.scalars(select(Refund).order_by(Refund.id))),
+            "refund_pending": tuple((p.reference, p.amount_refund_pending)
+                                    for p in payments.values()),
+            "line_refunded": tuple((order_id, sku, units) for order_id, sku, units in
+                                   session.execute(select(OrderLine.order_id, OrderLine.sku,
+                                                          OrderLine.quantity_refunded))),
+        }
 
 
 # The shop functions this driver calls (what to remap after the move).
@@ -1127,4 +1463,9 @@ SHOP_CALLS: tuple[str, ...] = (
     "shop.messaging.service.relay_batch", "shop.messaging.service.mark_consumed",
     "shop.messaging.service.count_delivery", "shop.messaging.service.delivery_count",
     "shop.notifications.service.message_id_for", "shop.payments.dummy.DummyGateway",
+    "shop.orders.fulfillment.service.apply", "shop.orders.fulfillment.messages.parse",
+    "shop.orders.fulfillment.emails.send_shipment_email",
+    "shop.orders.fulfillment.emails.send_line_refund_email",
+    "shop.orders.refunds.service.refund_for_admin", "shop.orders.refunds.service.give_up",
+    "shop.orders.refunds.service.provider_key", "shop.orders.provider.converge.refund_lines",
 )

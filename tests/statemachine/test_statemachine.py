@@ -6,8 +6,10 @@ again), runs the sweeper, reconciliation and the 3-D Secure expiry, retries, can
 and resends as an admin, arms provider faults (an outage, a lost answer, a 429, a
 refusal, a worker killed after the call), lets another actor act while a provider call
 is in flight, arms SMTP faults (4xx, 5xx), lets leases run out, lets the clock jump,
-and plays the customer (3-D Secure) and the provider (authorizations lapsing, refunds by
-hand in the dashboard).
+plays the customer (3-D Secure) and the provider (authorizations lapsing, refunds by
+hand in the dashboard), refunds lines as an admin (restocked or not, keys reused,
+posted twice), and plays the warehouse (issue 22: parcels, lines it cannot ship with
+or without a shelf count, deliveries; its messages taken in any order, maybe twice).
 ``checks.check_always`` runs after every step; at the end ``World.settle`` drains
 everything without faults and ``checks.check_settled`` runs.
 
@@ -135,6 +137,18 @@ class ShopMachine(RuleBasedStateMachine):
         else:
             self.world.admin_resend(pick, email=action == "resend email")
 
+    @precondition(lambda self: self.world.order_count > 0)
+    @rule(pick=picks, quantities=st.lists(st.integers(0, 3), min_size=1, max_size=2),
+          restocks=st.lists(st.booleans(), min_size=1, max_size=2),
+          key=st.sampled_from([None, None, "a", "b"]), twice=st.booleans())
+    def admin_refund(self, pick: int, quantities: list[int], restocks: list[bool],
+                     key: str | None, twice: bool) -> None:
+        """An admin refunds units of an order's lines, each restocked or not; a key may be
+        used again (for the same refund, or another), and a post may come twice at once.
+        (``meanwhile`` runs one in the middle of a provider call, a refund's included.)"""
+        self.world.admin_refund(pick, quantities=tuple(quantities), restocks=tuple(restocks),
+                                key=key, twice=twice)
+
     @precondition(lambda self: len(self.world.provider.faults) < MAX_ARMED)
     @rule(op=st.sampled_from(driver.PROVIDER_OPS), mode=st.sampled_from(driver.PROVIDER_FAULTS),
           times=FAULT_TIMES)
@@ -176,6 +190,23 @@ class ShopMachine(RuleBasedStateMachine):
             self.world.lapse_authorizations()
         else:
             self.world.merchant_refunds(pick, whole=what == "refund all")
+
+    # -- the warehouse -------------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.world.requests))
+    @rule(pick=picks, plan=st.sampled_from(driver.WAREHOUSE_PLANS), count_shelf=st.booleans())
+    def warehouse_answers(self, pick: int, plan: str, count_shelf: bool) -> None:
+        """The warehouse ships a request (whole, one unit, in two parcels) or cannot ship
+        a line (or any), maybe with its count of the shelf."""
+        self.world.warehouse_answers(pick, plan, count_shelf)
+
+    @precondition(lambda self: self.world.warehouse_pending > 0)
+    @rule(deliveries=st.lists(st.tuples(picks, st.sampled_from([False, False, True])),
+                              min_size=1, max_size=4))
+    def warehouse_delivers(self, deliveries: list[tuple[int, bool]]) -> None:
+        """The shop consumes the warehouse's messages in any order, maybe twice."""
+        for pick, duplicate in deliveries:
+            self.world.warehouse_delivers(pick, duplicate=duplicate)
 
     # -- the invariants ----------------------------------------------------------------
 

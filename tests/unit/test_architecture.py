@@ -160,7 +160,7 @@ def test_the_root_holds_only_entry_points_and_the_ground_floor() -> None:
 
 
 MONEY_MOVES = {"authorize", "capture", "release", "cancel", "adopt", "record",
-               "record_dispute", "mark_verified"}
+               "record_dispute", "mark_verified", "refund", "record_refund", "release_refund"}
 PROVIDER_WRITES = {"create_intent", "confirm", "capture", "cancel", "refund"}
 
 

@@ -177,7 +177,8 @@ def test_classic_queues_are_declared_as_earlier_releases_declared_them() -> None
     # RabbitMQ takes x-queue-type classic as equivalent to no argument at all
     assert {q.name: q.queue_arguments for q in owned_queues(settings)[4:]} == {
         name: {"x-queue-type": "classic"}
-        for name in ("shop.dead_letter", "shop.fulfillment", "shop.fulfillment_cancellations")}
+        for name in ("shop.dead_letter", "shop.fulfillment", "shop.fulfillment_cancellations")
+    } | {"shop.warehouse": {"x-queue-type": "classic", "x-dead-letter-exchange": "shop.dlx"}}
 
 
 def test_the_embedded_broker_has_no_queue_types(tmp_path: Any) -> None:
@@ -185,7 +186,7 @@ def test_the_embedded_broker_has_no_queue_types(tmp_path: Any) -> None:
     from shop.messaging.broker import countdown, owned_queues
 
     settings = Settings(broker_url=f"filesystem://{tmp_path}/b", broker_queue_type="quorum")
-    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 7
+    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 8
     assert countdown(settings, 0.25) == 0.25
 
 

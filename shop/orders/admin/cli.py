@@ -17,6 +17,7 @@ from shop.db import session_scope
 from shop.orders import attention
 from shop.orders.admin import service as admin_service
 from shop.orders.queries import OrderNotFound
+from shop.orders.refunds import cli as refund_commands
 from shop.orders.schemas import AdminOrderOut
 
 ACTOR = "cli"
@@ -29,7 +30,7 @@ class CommandError(Exception):
 
 
 def register(sub: Any) -> None:
-    """Add ``orders list|show|retry|cancel|resolve`` to the ``shop`` parser."""
+    """Add ``orders list|show|retry|cancel|resolve|refund`` to the ``shop`` parser."""
     orders = sub.add_parser("orders", help="find, show, retry and cancel orders")
     verbs = orders.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="orders newest first")
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
     resolve.add_argument("--kind", choices=[kind.value for kind in attention.Kind],
                          help="only this kind of item (default: every open one)")
     resolve.set_defaults(run=_guarded(_resolve))
+    refund_commands.register(verbs)
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -105,6 +107,24 @@ def _show(args: argparse.Namespace) -> int:
             print(f"    {m.attempt}  {shown(m.reference or '-')}  {m.currency}  "
                   f"{m.authorized}  {m.held}  {m.captured}  {m.refunded}  {m.disputed}  "
                   f"{agreed}")
+    if detail.fulfillment is not None:
+        print(f"  fulfillment: {detail.fulfillment.status}")
+        for parcel in detail.fulfillment.shipments:
+            units = ", ".join(f"{x.sku} x{x.quantity}" for x in parcel.lines)
+            delivered = f"delivered {parcel.delivered_at:%Y-%m-%d %H:%M:%S}" \
+                if parcel.delivered_at else "not delivered"
+            print(f"    shipment {shown(parcel.id)}  {shown(units)}  {shown(parcel.carrier)} "
+                  f"{shown(parcel.tracking_number)}  shipped "
+                  f"{parcel.shipped_at:%Y-%m-%d %H:%M:%S}  {delivered}")
+        for missing in detail.fulfillment.unfulfilled:
+            refunded = "refunded" if missing.refunded else "not refunded yet"
+            print(f"    cannot ship {shown(missing.sku)} x{missing.quantity}  "
+                  f"{shown(missing.reason)}  {refunded}")
+    for r in detail.refunds:
+        lines = ", ".join(f"{x.sku} x{x.quantity}{' restock' if x.restock else ''}"
+                          for x in r.lines)
+        print(f"  refund {r.id}  {r.status}  {r.amount} {r.currency}  {shown(lines)}  "
+              f"{shown(r.reason)}")
     for event in detail.events:
         who = f"  by {shown(event.actor)}" if event.actor else ""
         print(f"  {event.at:%Y-%m-%d %H:%M:%S}  {shown(event.type)}{who}  "

@@ -49,6 +49,7 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 HOME = "/admin/"
 ORDER_PAGE = "/admin/pages/orders/{}"
 IN_PROGRESS = (OrderStatus.PENDING, OrderStatus.REQUIRES_ACTION)
+MAX_FORM_FIELDS = 4 + 3 * 100  # the refund form: csrf, key, reason; sku, quantity, restock
 
 
 class Action(StrEnum):
@@ -57,6 +58,7 @@ class Action(StrEnum):
     RESEND_EMAIL = "resend-email"
     REQUEST_FULFILLMENT = "request-fulfillment"
     RESOLVE = "resolve"
+    REFUND = "refund"  # its own form and routes (``shop.orders.refunds.pages``)
 
     @property
     def label(self) -> str:
@@ -109,6 +111,12 @@ _TEXTS: dict[Action, tuple[str, str, str, str]] = {
         "have dealt with what the items say.",
         "Only an order with something under Needs attention.",
         "Marked handled."),
+    Action.REFUND: (
+        "Refund lines",
+        "Chosen units of the order's lines are refunded at their unit price, once; each "
+        "line says whether its units go back on the shelf.",
+        "Only an order with captured money that is not all refunded.",
+        "Refund queued: the money goes back once, and restocked units return to the shelf."),
 }
 _RESENDS = {Action.RESEND_EMAIL: TaskName.SEND_CONFIRMATION,
             Action.REQUEST_FULFILLMENT: TaskName.REQUEST_FULFILLMENT}
@@ -124,6 +132,8 @@ def available(order: AdminOrderOut) -> list[Action]:
         Action.REQUEST_FULFILLMENT: confirmed and Kind.FULFILLMENT_FAILED in kinds,
         Action.RESOLVE: bool(kinds),
         Action.CANCEL: order.status != OrderStatus.CANCELLED,
+        Action.REFUND: order.payment is not None and bool(order.payment.amount_captured)
+        and (order.payment.amount_refunded or 0) < (order.payment.amount_captured or 0),
     }
     return [action for action, show in shown.items() if show]
 
@@ -180,7 +190,8 @@ async def _form(request: Request) -> dict[str, str]:
     if kind != "application/x-www-form-urlencoded":
         return {}
     try:
-        fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+        fields = parse_qs((await request.body()).decode("utf-8", "replace"),
+                          max_num_fields=MAX_FORM_FIELDS)
     except ValueError:
         return {}
     return {name: values[0] for name, values in fields.items()}

@@ -57,13 +57,17 @@ def list_orders(
     reason: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z_]+$")] = None,
     attention: Annotated[bool, Query(description="only orders that need a person")] = False,
     stuck: Annotated[bool, Query(description="only orders not moving for 15 minutes")] = False,
+    fulfillment: Annotated[Literal["requested", "partially_shipped", "shipped", "delivered",
+                                   "cancelled", "unfulfillable"] | None,
+                           Query(description="only confirmed orders whose fulfillment.status "
+                                             "is this")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AdminOrderPage:
     """Orders newest first, with their failure and what needs attention."""
     return admin_service.list_orders(session, status=status, step=step, reason=reason,
-                                     needs_attention=attention, stuck=stuck, limit=limit,
-                                     cursor=cursor)
+                                     needs_attention=attention, stuck=stuck,
+                                     fulfillment=fulfillment, limit=limit, cursor=cursor)
 
 
 @router.get("/orders/{order_id}", response_model=AdminOrderDetail, responses=NOT_FOUND)

@@ -24,7 +24,7 @@ from shop.exceptions import BusyError, InvariantBroken
 from shop.orders import attention, lease
 from shop.orders.admin.views import detail_view, summary_views
 from shop.orders.flow import advance, compensate, enqueue
-from shop.orders.models import Attention, Order
+from shop.orders.models import Attention, FulfillmentRequest, Order
 from shop.orders.queries import OrderNotFound, load
 from shop.orders.schemas import AdminOrderDetail, AdminOrderPage
 from shop.orders.states import Event, OrderStatus, Stage, Step
@@ -44,7 +44,7 @@ class OrderConflict(Exception):
 def list_orders(
     session: Session, *, status: str | None = None, step: str | None = None,
     reason: str | None = None, needs_attention: bool = False, stuck: bool = False,
-    limit: int = 50, cursor: str | None = None,
+    fulfillment: str | None = None, limit: int = 50, cursor: str | None = None,
 ) -> AdminOrderPage:
     """Orders newest first, filtered, one page at a time (keyset cursor)."""
     query = select(Order).options(selectinload(Order.lines))
@@ -57,6 +57,9 @@ def list_orders(
     if needs_attention:
         query = query.where(exists().where(Attention.order_id == Order.id,
                                            Attention.resolved_at.is_(None)))
+    if fulfillment:
+        query = query.where(exists().where(FulfillmentRequest.order_id == Order.id,
+                                           FulfillmentRequest.status == fulfillment))
     if stuck:
         query = query.where(Order.status.in_((OrderStatus.PENDING, OrderStatus.REQUIRES_ACTION)),
                             Order.updated_at < utcnow() - STUCK_AFTER)

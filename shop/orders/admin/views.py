@@ -12,7 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shop.notifications.models import Notification
+from shop.orders.fulfillment.views import shipments_out, unfulfilled_out
 from shop.orders.models import Attention, FulfillmentRequest, Order
+from shop.orders.refunds.models import RefundRequest
+from shop.orders.refunds.views import RefundOut
 from shop.orders.schemas import (
     AdminEventOut,
     AdminFailureOut,
@@ -38,14 +41,20 @@ def summary_views(session: Session, *, orders: list[Order]) -> list[AdminOrderOu
             .order_by(Attention.created_at)):
         flags[item.order_id].append(AttentionOut(kind=item.kind, message=item.message,
                                                  since=item.created_at))
+    shipping: dict[uuid.UUID, str] = {
+        row.order_id: row.status for row in session.execute(
+            select(FulfillmentRequest.order_id, FulfillmentRequest.status)
+            .where(FulfillmentRequest.order_id.in_(ids)))}
     latest: dict[uuid.UUID, Payment] = {}
     for payment in session.scalars(select(Payment).where(Payment.order_id.in_(ids))
                                    .order_by(Payment.attempt)):
         latest[payment.order_id] = payment
-    return [_summary(order, flags[order.id], latest.get(order.id)) for order in orders]
+    return [_summary(order, flags[order.id], latest.get(order.id), shipping.get(order.id))
+            for order in orders]
 
 
-def _summary(order: Order, flags: list[AttentionOut], payment: Payment | None) -> AdminOrderOut:
+def _summary(order: Order, flags: list[AttentionOut], payment: Payment | None,
+             fulfillment: str | None) -> AdminOrderOut:
     failure = None
     if order.failure_step and order.failure_reason:
         failure = AdminFailureOut(step=order.failure_step, reason=order.failure_reason,
@@ -55,7 +64,8 @@ def _summary(order: Order, flags: list[AttentionOut], payment: Payment | None) -
         id=order.id, status=order.status, stage=order.stage, email=order.email,
         name=order.name, currency=order.currency, total=order.total,
         created_at=order.created_at, updated_at=order.updated_at, failure=failure,
-        attention=flags, payment=None if payment is None else PaymentOut(
+        attention=flags, fulfillment_status=fulfillment,
+        payment=None if payment is None else PaymentOut(
             status=PaymentStatus(payment.status).public, provider=payment.provider,
             reference=payment.reference, amount_captured=payment.amount_captured or None,
             amount_refunded=payment.amount_refunded or None),
@@ -90,9 +100,14 @@ def detail_view(session: Session, *, order: Order) -> AdminOrderDetail:
                                        message_id=n.message_id, sent_at=n.sent_at,
                                        last_error=n.last_error) for n in notes],
         fulfillment=None if request is None else FulfillmentDetailOut(
-            message_id=request.id, status=request.status, created_at=request.created_at),
+            message_id=request.id, status=request.status, created_at=request.created_at,
+            shipments=shipments_out(session, order_id=order.id),
+            unfulfilled=unfulfilled_out(session, order_id=order.id)),
         webhooks=[WebhookOut(id=w.id, type=w.type, outcome=w.outcome,
                              received_at=w.received_at) for w in events],
+        refunds=[RefundOut.of(r) for r in session.scalars(
+            select(RefundRequest).where(RefundRequest.order_id == order.id)
+            .order_by(RefundRequest.created_at))],
     )
 
 

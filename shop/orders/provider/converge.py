@@ -7,7 +7,8 @@ cancel with what the provider says now (``converge``). ``settle`` decides what t
 order's payment and stage should be from that answer and what the order holds, and
 records both in the caller's transaction: it is the only caller of
 ``payments.record`` (the one writer of payment state), and the functions below are
-the only callers of the provider calls that move money (capture, cancel, refund).
+the only callers of the provider calls that move money (capture, cancel, refund,
+and a line refund's ``refund_lines``).
 An architecture test holds that.
 
     provider says            order at            becomes
@@ -46,9 +47,11 @@ from shop.orders.flow import advance, compensate, fail
 from shop.orders.models import Order
 from shop.orders.provider import disputes
 from shop.orders.queries import load
+from shop.orders.refunds import service as refunds
+from shop.orders.refunds.models import RefundStatus
 from shop.orders.states import Event, Stage, Step
 from shop.payments import service as payments
-from shop.payments.gateway import IntentState, PaymentGateway
+from shop.payments.gateway import IntentState, PaymentGateway, PaymentProviderError
 from shop.payments.models import Payment
 from shop.payments.service import Outcome, Result
 
@@ -424,3 +427,80 @@ def verify_ledger(session: Session, *, payment_id: int, gateway: PaymentGateway)
                 "theirs": list(check.theirs)})
     session.commit()
     return check.agrees
+
+
+def refund_lines(session: Session, *, refund_id: uuid.UUID, gateway: PaymentGateway,
+                 owner: str) -> str:
+    """Send one line refund to the provider, once, and record what it did.
+
+    Under the order's lease: the request is marked sent (committed) before the call;
+    the call's key is derived from the request, so an answer that is lost is resolved
+    by sending again (``PaymentTransientError`` propagates: the task retries, and gives
+    up into the attention list). Success records the money (its own ``Refund`` row,
+    the payment's refunded total and status) and the restock in one commit.
+    """
+    request = refunds.get(session, refund_id=refund_id)
+    if request is None:
+        return "no_refund"
+    if request.status == RefundStatus.SUCCEEDED:
+        return "already_refunded"
+    order_id = request.order_id
+    with lease.hold(session, order_id=order_id, owner=owner):
+        request = refunds.get(session, refund_id=refund_id)
+        payment = payments.find_attempt(session, order_id=order_id,
+                                        attempt=request.payment_attempt) if request else None
+        if request is None or payment is None:
+            raise InvariantBroken(f"refund {refund_id} has its order's payment attempt")
+        if request.status == RefundStatus.SUCCEEDED:
+            return "already_refunded"
+        if refunds.too_old_to_resend(request):
+            order = _locked(session, order_id)
+            refunds.mark_needs_attention(
+                session, request=request, order=order,
+                error="its outcome has been unknown for a day, longer than the provider "
+                      "remembers its key: check the provider's dashboard before refunding")
+            lease.clear(order)
+            session.commit()
+            return "left_to_a_person"
+        refunds.mark_sent(session, request=request)
+        amount, key = request.amount, refunds.provider_key(request, payment)
+        session.commit()
+        try:
+            reference, result = payments.refund(payment=payment, amount=amount, key=key,
+                                                gateway=gateway)
+        except PaymentProviderError as exc:
+            session.expire_all()
+            order = _locked(session, order_id)
+            request = refunds.get(session, refund_id=refund_id)
+            if request is None:
+                raise InvariantBroken(f"refund {refund_id} vanished") from exc
+            refunds.mark_needs_attention(session, request=request, order=order,
+                                         error=f"the provider refused the refund: {exc}")
+            lease.clear(order)
+            session.commit()
+            return "refused"
+        session.expire_all()
+        order = _locked(session, order_id)  # first, as a refund's request takes it
+        request = refunds.get(session, refund_id=refund_id)
+        if request is None:
+            raise InvariantBroken(f"refund {refund_id} vanished")
+        if request.status != RefundStatus.SUCCEEDED:
+            payment = payments.record_refund(
+                session, payment=_reloaded_payment(session, payment), amount=amount,
+                reference=reference, reason=f"line_refund:{request.source}", result=result)
+            refunds.mark_succeeded(session, request=request, order=order, reference=reference)
+            order.record(f"payment.{payment.status}", detail={
+                "amount_refunded": payment.amount_refunded,
+                "amount_captured": payment.amount_captured})
+        lease.clear(order)
+        session.commit()
+        return "refunded"
+
+
+def _locked(session: Session, order_id: uuid.UUID) -> Order:
+    """The order's row, locked first: the order in which a line refund's request takes
+    its rows (order, lines, payment), so the two never deadlock."""
+    order = load(session, order_id=order_id, lock=True)
+    if order is None:
+        raise InvariantBroken(f"order {order_id} vanished under its lease")
+    return order

@@ -8,6 +8,8 @@ Beat runs ``reconcile`` every five minutes (``shop reconcile`` runs it now). A p
 - releases what failed or cancelled orders still hold at the provider (a void or a
   refund that ran out of attempts, or whose message was lost);
 - handles webhook events whose handling ran out of attempts (the provider was down);
+- sends again, with their same keys, line refunds whose outcome is unknown (their task
+  ran out of attempts, or its worker died, after the call went out);
 - compares the ledger of every attempt that changed with the provider, to the cent:
   a mismatch is flagged for a person with both sides' amounts, never "fixed";
 - acts on authorizations close to their 7-day expiry: a confirmed order's is captured,
@@ -44,6 +46,7 @@ from shop.exceptions import BusyError, TransientError
 from shop.orders import attention
 from shop.orders.models import Attention, Order
 from shop.orders.provider import converge, events
+from shop.orders.refunds import service as refunds
 from shop.orders.states import Stage
 from shop.payments import service as payments
 from shop.payments import webhooks
@@ -71,6 +74,8 @@ def reconcile(session: Session, *, gateway: PaymentGateway, owner: str,
         ("intents", partial(scan_intents, session, gateway=gateway, owner=owner, tally=tally)),
         ("events", partial(_events, session, gateway=gateway, owner=owner, limit=limit,
                            tally=tally)),
+        ("refunds", partial(_refunds, session, gateway=gateway, owner=owner, limit=limit,
+                            tally=tally)),
         ("ledger", partial(_ledger, session, gateway=gateway, limit=limit, tally=tally)),
     ]
     for name, section in sections:
@@ -142,6 +147,22 @@ def _handle_event(session: Session, *, event_id: str, gateway: PaymentGateway,
                   owner: str) -> bool:
     return events.handle(session, event_id=event_id, gateway=gateway,
                          owner=owner) != "already_handled"
+
+
+def _refunds(session: Session, *, gateway: PaymentGateway, owner: str, limit: int,
+             tally: Counter[str]) -> None:
+    """Line refunds sent whose outcome nobody recorded: sent again, same key."""
+    before = utcnow() - dt.timedelta(seconds=EVENT_GRACE_SECONDS)
+    for refund_id in refunds.unknown(session, before=before, limit=limit):
+        _attempt(session, tally, "refund_settled", "refund_unknown", str(refund_id),
+                 partial(_refund_again, session, refund_id=refund_id, gateway=gateway,
+                         owner=owner))
+
+
+def _refund_again(session: Session, *, refund_id: uuid.UUID, gateway: PaymentGateway,
+                  owner: str) -> bool:
+    return converge.refund_lines(session, refund_id=refund_id, gateway=gateway,
+                                 owner=owner) == "refunded"
 
 
 def _attempt(session: Session, tally: Counter[str], done: str, pending: str,

@@ -41,6 +41,10 @@ class TaskName(StrEnum):
     RECONCILE = "shop.orders.reconcile_payments"
     HANDLE_PAYMENT_EVENT = "shop.orders.handle_payment_event"
     EXPIRE_AUTHENTICATIONS = "shop.orders.expire_authentications"
+    # After confirmation: the customer told of each shipment, and of each unshippable line.
+    SEND_SHIPMENT_EMAIL = "shop.orders.send_shipment_email"
+    SEND_LINE_REFUND_EMAIL = "shop.orders.send_line_refund_email"
+    REFUND_LINES = "shop.orders.refund_lines"  # one line refund's provider call
 
 
 class GiveUp(StrEnum):
@@ -105,6 +109,12 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec(TaskName.RESUME_STUCK, "orders"),
     StepSpec(TaskName.RECONCILE, "payments", JOB_LIMITS),
     StepSpec(TaskName.EXPIRE_AUTHENTICATIONS, "payments", JOB_LIMITS),
+    StepSpec(TaskName.SEND_SHIPMENT_EMAIL, "notifications", give_up=GiveUp.FLAG,
+             flags=(Kind.EMAIL_FAILED, "a shipping email failed")),
+    StepSpec(TaskName.SEND_LINE_REFUND_EMAIL, "notifications", give_up=GiveUp.FLAG,
+             flags=(Kind.EMAIL_FAILED, "a line-refund email failed")),
+    StepSpec(TaskName.REFUND_LINES, "payments", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
+             flags=(Kind.REFUND_FAILED, "the line refund did not go through")),
 )
 
 SPEC: dict[TaskName, StepSpec] = {spec.task: spec for spec in STEPS}
