@@ -6,11 +6,14 @@ Reliability choices (RabbitMQ 3.10 here; see docs/delivery.md):
   by its hard time limit is put back too (``task_acks_on_timeout=False``); a task
   that raises out of its retries is rejected, not acknowledged
   (``task_acks_on_failure=False``), so it is dead-lettered instead of dropped;
-- classic durable queues: delayed (countdown) retries on quorum queues were lost
-  before RabbitMQ 4.0.1, and classic queues keep them;
+- durable queues of the type ``SHOP_BROKER_QUEUE_TYPE`` (quorum by default, replicated
+  over a cluster; ``shop.messaging.broker``); on quorum queues countdown retries travel
+  through Celery's native delayed delivery, and Celery sets the prefetch per consumer
+  (quorum queues have no global QoS: ``worker_detect_quorum_queues``);
 - every queue dead-letters to ``shop.dlx``, so rejected, unknown and poison
   messages land in ``shop.dead_letter`` instead of vanishing; redeliveries are
-  bounded by a count kept in the database (``shop.messaging.runner``);
+  bounded by a count kept in the database (``shop.messaging.runner``), and on quorum
+  queues by the broker's delivery limit too;
 - the shop owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations``
   queues bound to ``shop.events``, so a warehouse request (or its withdrawal) is kept
   even before the warehouse binds its own queue;
@@ -81,6 +84,11 @@ def configure(app: Celery, settings: Settings) -> None:
         task_acks_late=True, task_reject_on_worker_lost=True, task_acks_on_timeout=False,
         task_acks_on_failure=False,
         worker_prefetch_multiplier=1,
+        # Quorum queues refuse global QoS: Celery then prefetches per consumer (each
+        # queue a worker consumes), and publishes countdowns through native delayed
+        # delivery (declared by shop.messaging.broker.declare_topology as well).
+        worker_detect_quorum_queues=True,
+        broker_native_delayed_delivery_queue_type="quorum",
         worker_cancel_long_running_tasks_on_connection_loss=False,
         control_queue_exclusive=False,
         task_time_limit=60, task_soft_time_limit=45,
@@ -153,9 +161,10 @@ def _check_reports_at_start(**_: Any) -> None:
 
 @celeryd_after_setup.connect
 def _declare_topology(**_: Any) -> None:
-    if get_settings().broker_is_amqp:
+    settings = get_settings()
+    if settings.broker_is_amqp:
         with app.connection_for_write() as conn:
-            declare_topology(conn)
+            declare_topology(conn, settings)
 
 
 @after_setup_logger.connect

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         "needing no server (kombu's filesystem transport under `$SHOP_DATA_DIR/broker`)"))
     broker_polling_interval: float = Field(default=0.1, gt=0, description=(
         "seconds between polls of the embedded broker"))
+    broker_queue_type: Literal["quorum", "classic"] = Field(default="quorum", description=(
+        "the type of every queue the shop declares on RabbitMQ: `quorum` (replicated, "
+        "for a cluster) or `classic` (one node); fixed when a queue is created, so an "
+        "existing deployment changes it with `shop broker migrate-queues` "
+        "(docs/deployment.md); the embedded broker has no queue types"))
 
     payment_provider: Literal["stripe", "dummy"] | None = Field(default=None, description=(
         "the payment provider; unset: `stripe` when `SHOP_STRIPE_API_KEY` is set, else "

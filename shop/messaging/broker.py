@@ -1,17 +1,48 @@
 """The broker's topology in one place: queues, exchanges, routing keys, dead letters.
 
-- one durable direct queue per kind of work (``QUEUES``), each dead-lettering to
-  ``shop.dlx``, so rejected, unknown and poison messages land in ``shop.dead_letter``
-  instead of vanishing;
+- one durable queue per kind of work (``QUEUES``), each bound to an exchange of its own
+  name, each dead-lettering to ``shop.dlx``, so rejected, unknown and poison messages
+  land in ``shop.dead_letter`` instead of vanishing;
 - messages to the warehouse go to the durable topic exchange ``shop.events``; the shop
   owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations`` queues bound
   to it, so a request (or its withdrawal) is kept even before the warehouse binds its
   own queue (CONTRACT.md);
-- classic durable queues: delayed (countdown) retries on quorum queues were lost
-  before RabbitMQ 4.0.1, and classic queues keep them.
+- every queue the shop owns has the type ``SHOP_BROKER_QUEUE_TYPE``, and every
+  declaration takes its arguments from ``queue_arguments``:
 
-The embedded transports (SQLite, filesystem) have no exchanges or queue arguments:
-only the queue names apply there.
+  - ``quorum`` (the default): replicated by Raft over a cluster's nodes, a publish
+    confirmed once a majority has it. A dead-lettering quorum queue carries a delivery
+    limit (``DELIVERY_LIMIT``: RabbitMQ 3.10 has no default, so a message that kills
+    its worker every time would come back forever) and dead-letters at least once
+    (``x-dead-letter-strategy``, which needs ``x-overflow: reject-publish``): a message
+    leaves it only once ``shop.dead_letter`` confirmed it. The ``shop-dead-letter``
+    policy of ``deploy/rabbitmq/definitions.json`` (``dead_letter_policy``) says the
+    same; RabbitMQ applies the lower of the policy's and the argument's limit, so an
+    operator can lower it on a live queue, and raising it takes new queues
+    (``shop broker migrate-queues``). The argument is there because the workers declare
+    their queues themselves: a vhost nobody imported the definitions into still has the
+    bound;
+  - ``classic``: one node's queues, exactly as earlier releases declared them, so a
+    single node upgrades without touching its queues.
+
+  A queue's arguments are fixed when it is created: ``shop.messaging.migration`` moves
+  an existing deployment's messages to queues of the other type.
+- delayed (countdown) retries: on quorum queues through Celery's native delayed
+  delivery (28 quorum queues ``celery_delayed_0..27`` whose TTLs count the delay in
+  binary, chained by dead-lettering, then ``celery_delayed_delivery`` back to the task
+  queue's exchange), declared by every shop process that connects
+  (``declare_topology``). It routes on topic exchanges, so on quorum the task
+  exchanges are ``topic``; on classic they stay ``direct`` and a countdown message
+  waits in its worker (ETA) as before. The classic choice of earlier releases was for
+  delayed retries that RabbitMQ's cycle detection dropped from quorum queues: Celery
+  5.7.0 (the lock) carries the fix (celery#9867: a retry drops its ``x-death``
+  headers) and strips the delay prefix a retried routing key carried (kombu#2556);
+- prefetch: quorum queues have no global QoS, so Celery (``worker_detect_quorum_queues``)
+  sets the prefetch per consumer: a worker holds at most its concurrency of each queue
+  it consumes (``shop.celery``).
+
+The embedded transports (SQLite, filesystem) have no exchanges, queue types or queue
+arguments: only the queue names apply there.
 """
 
 from __future__ import annotations
@@ -21,8 +52,12 @@ from typing import Any
 
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
-from shop.config import Settings
+from shop.config import Settings, get_settings
 
 QUEUES = ("orders", "payments", "notifications", "reports")
 
@@ -30,27 +65,108 @@ EVENTS_EXCHANGE = "shop.events"
 FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
 FULFILLMENT_CANCELLED_ROUTING_KEY = "order.fulfillment_cancelled"
 
+# Redeliveries of one message before a quorum queue dead-letters it: well above what the
+# task runner allows (SHOP_MAX_DELIVERIES, 10), which gives the order up properly first;
+# RabbitMQ 4's own default.
+DELIVERY_LIMIT = 20
+DEAD_LETTER_POLICY = "shop-dead-letter"
+
 DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="topic", durable=True)
-DEAD_LETTER_QUEUE = Queue("shop.dead_letter", DEAD_LETTER_EXCHANGE, routing_key="#",
-                          durable=True)
 EVENTS = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
-FULFILLMENT_QUEUE = Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_ROUTING_KEY,
-                          durable=True)
-CANCELLATION_QUEUE = Queue("shop.fulfillment_cancellations", EVENTS,
-                           routing_key=FULFILLMENT_CANCELLED_ROUTING_KEY, durable=True)
+
+
+def is_quorum(settings: Settings) -> bool:
+    """Whether the shop's queues are quorum queues (RabbitMQ and the setting say so)."""
+    return settings.broker_is_amqp and settings.broker_queue_type == "quorum"
+
+
+def queue_arguments(settings: Settings, *,
+                    dead_letter_routing_key: str | None = None) -> dict[str, Any]:
+    """The arguments of a queue the shop declares: its type, and with
+    ``dead_letter_routing_key`` its dead-lettering to ``shop.dlx`` (on quorum queues
+    with the delivery limit, at least once). Empty on the embedded transports."""
+    if not settings.broker_is_amqp:
+        return {}
+    args: dict[str, Any] = {"x-queue-type": settings.broker_queue_type}
+    if dead_letter_routing_key is not None:
+        args |= {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+                 "x-dead-letter-routing-key": dead_letter_routing_key}
+        if is_quorum(settings):
+            args |= {"x-delivery-limit": DELIVERY_LIMIT,
+                     "x-dead-letter-strategy": "at-least-once",
+                     "x-overflow": "reject-publish"}
+    return args
+
+
+def task_exchange(settings: Settings, name: str) -> Exchange:
+    """A task queue's own exchange: topic on quorum queues (native delayed delivery
+    routes on topic exchanges only), direct otherwise."""
+    kind = "topic" if is_quorum(settings) else "direct"
+    return Exchange(name, type=kind, durable=True)
 
 
 def task_queues(settings: Settings) -> list[Queue]:
     """The workers' queues, with dead-lettering where the broker has it (AMQP)."""
-    args: dict[str, Any] = {}
-    if settings.broker_is_amqp:
-        args = {"x-queue-type": "classic", "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
     return [
-        Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
-              durable=True, queue_arguments={**args, "x-dead-letter-routing-key": name}
-              if args else None)
+        Queue(name, task_exchange(settings, name), routing_key=name, durable=True,
+              queue_arguments=queue_arguments(settings, dead_letter_routing_key=name) or None)
         for name in QUEUES
     ]
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    """``shop.dead_letter``: everything ``shop.dlx`` receives (it dead-letters nowhere)."""
+    return Queue("shop.dead_letter", DEAD_LETTER_EXCHANGE, routing_key="#", durable=True,
+                 queue_arguments=queue_arguments(settings) or None)
+
+
+def fulfillment_queue(settings: Settings) -> Queue:
+    """``shop.fulfillment``: warehouse requests, kept until the warehouse takes them."""
+    return Queue("shop.fulfillment", EVENTS, routing_key=FULFILLMENT_ROUTING_KEY,
+                 durable=True, queue_arguments=queue_arguments(settings) or None)
+
+
+def cancellation_queue(settings: Settings) -> Queue:
+    """``shop.fulfillment_cancellations``: withdrawn warehouse requests."""
+    return Queue("shop.fulfillment_cancellations", EVENTS,
+                 routing_key=FULFILLMENT_CANCELLED_ROUTING_KEY, durable=True,
+                 queue_arguments=queue_arguments(settings) or None)
+
+
+def topology_queues(settings: Settings) -> list[Queue]:
+    """The queues beyond the task queues that the shop's messages rely on."""
+    return [dead_letter_queue(settings), fulfillment_queue(settings),
+            cancellation_queue(settings)]
+
+
+def owned_queues(settings: Settings) -> list[Queue]:
+    """Every queue the shop declares (and ``shop doctor`` and the migration check)."""
+    return [*task_queues(settings), *topology_queues(settings)]
+
+
+def dead_letter_policy(vhost: str = "/") -> dict[str, Any]:
+    """The ``shop-dead-letter`` policy (RabbitMQ definitions format) for the queues that
+    dead-letter: to ``shop.dlx``, at least once, after ``DELIVERY_LIMIT`` redeliveries on
+    quorum queues (classic queues ignore what they lack)."""
+    names = [q.name for q in owned_queues(Settings(broker_url="amqp://localhost//",
+                                                   broker_queue_type="quorum"))
+             if (getattr(q, "queue_arguments", None) or {}).get("x-dead-letter-exchange")]
+    pattern = "^(" + "|".join(name.replace(".", r"\.") for name in names) + ")$"
+    return {"vhost": vhost, "name": DEAD_LETTER_POLICY, "pattern": pattern,
+            "apply-to": "queues", "priority": 0,
+            "definition": {"dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+                           "delivery-limit": DELIVERY_LIMIT,
+                           "dead-letter-strategy": "at-least-once",
+                           "overflow": "reject-publish"}}
+
+
+def countdown(settings: Settings, seconds: float) -> float:
+    """A delay as the broker can keep it: native delayed delivery counts whole seconds
+    from one (Celery refuses a countdown under a second there), so on quorum queues a
+    shorter wait becomes one second. Zero stays zero: no delay."""
+    if seconds <= 0 or not is_quorum(settings):
+        return seconds
+    return max(seconds, 1.0)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -67,10 +183,18 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return {"polling_interval": settings.broker_polling_interval}
 
 
-def declare_topology(connection: Connection) -> None:
-    """Declare what the shop's messages rely on beyond the task queues (AMQP only):
-    the dead-letter queue, and the warehouse's queues on the events exchange."""
+def declare_topology(connection: Connection, settings: Settings | None = None) -> None:
+    """Declare what the shop's messages rely on beyond a worker's own consumers (AMQP
+    only): the dead-letter queue, the warehouse's queues on the events exchange, and on
+    quorum queues the task queues with the delayed-delivery exchanges and queues a
+    countdown travels through (so a relay may publish one before any worker started)."""
+    settings = settings or get_settings()
     channel = connection.default_channel
-    DEAD_LETTER_QUEUE(channel).declare()
-    FULFILLMENT_QUEUE(channel).declare()
-    CANCELLATION_QUEUE(channel).declare()
+    for queue in topology_queues(settings):
+        queue(channel).declare()
+    if is_quorum(settings):
+        for queue in task_queues(settings):
+            queue(channel).declare()
+        declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
+        for queue in task_queues(settings):
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)

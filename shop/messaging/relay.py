@@ -21,6 +21,7 @@ from kombu.messaging import Producer
 from shop import tracing
 from shop.config import get_settings
 from shop.db import session_scope
+from shop.messaging import broker
 from shop.messaging.models import OutboxMessage
 from shop.messaging.service import relay_batch
 
@@ -100,8 +101,9 @@ def send(app: Celery, producer: Producer, message: OutboxMessage, countdown: flo
     headers = {"request_id": message.trace} if message.trace else {}
     headers.update(tracing.message_headers(message.traceparent))
     if message.kind == "task":
+        delay = broker.countdown(get_settings(), countdown)
         app.send_task(message.name, kwargs=message.payload, task_id=str(message.id),
-                      producer=producer, countdown=countdown or None, retry=True,
+                      producer=producer, countdown=delay or None, retry=True,
                       retry_policy=policy, headers=headers)
         return
     exchange = Exchange(message.exchange, type="topic", durable=True)

@@ -41,6 +41,7 @@ from shop import metrics
 from shop.config import get_settings
 from shop.db import session_scope
 from shop.exceptions import BusyError, PermanentError, SlowDown, TransientError
+from shop.messaging import broker
 from shop.messaging.service import count_delivery, delivery_count, mark_consumed
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,13 @@ def _peek(task: Task, key: str) -> int:
 class ShopTask(Task):  # type: ignore[misc]
     """Counts a hard time limit as one failure of the step (Celery then requeues it), and
     any other failure as a dead letter (Celery then rejects it without requeue)."""
+
+    def retry(self, *args: Any, countdown: float | None = None, **options: Any) -> Any:
+        """Celery's retry, with a countdown the broker can keep (``broker.countdown``:
+        native delayed delivery on quorum queues counts whole seconds from one)."""
+        if countdown is not None:
+            countdown = broker.countdown(get_settings(), countdown)
+        return super().retry(*args, countdown=countdown, **options)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any,
                    einfo: ExceptionInfo) -> None:

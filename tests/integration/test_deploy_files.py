@@ -24,13 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from shop import metrics
 from shop.config import Settings
 from shop.messaging.broker import (
-    CANCELLATION_QUEUE,
     DEAD_LETTER_EXCHANGE,
-    DEAD_LETTER_QUEUE,
-    FULFILLMENT_QUEUE,
+    DELIVERY_LIMIT,
     QUEUES,
+    dead_letter_policy,
     declare_topology,
-    task_queues,
+    owned_queues,
 )
 from shop.messaging.service import OutboxCollector
 
@@ -39,10 +38,7 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
 REGENERATE = "python -m tests.integration.test_deploy_files > deploy/rabbitmq/definitions.json"
-DEAD_LETTER_POLICY = {"vhost": "/", "name": "shop-dead-letter",
-                      "pattern": f"^({'|'.join(QUEUES)})$", "apply-to": "queues",
-                      "priority": 0,
-                      "definition": {"dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}}
+DEAD_LETTER_POLICY = dead_letter_policy()
 
 
 def tool(name: str, package: str) -> str:
@@ -267,9 +263,9 @@ def test_every_metric_and_label_in_the_alert_rules_is_one_the_shop_serves() -> N
 # --- RabbitMQ --------------------------------------------------------------------------
 
 def declared_queues() -> list[Queue]:
-    """What a worker declares on RabbitMQ: its task queues, then ``declare_topology``."""
-    settings = Settings(broker_url="amqp://guest@localhost//")
-    return [*task_queues(settings), DEAD_LETTER_QUEUE, FULFILLMENT_QUEUE, CANCELLATION_QUEUE]
+    """What a worker declares on RabbitMQ with the default settings (quorum queues): its
+    task queues, then ``declare_topology``."""
+    return owned_queues(Settings(broker_url="amqp://guest@localhost//"))
 
 
 def expected_definitions(vhost: str = "/") -> dict[str, Any]:
@@ -287,17 +283,24 @@ def expected_definitions(vhost: str = "/") -> dict[str, Any]:
         "bindings": [{"source": q.exchange.name, "vhost": vhost, "destination": q.name,
                       "destination_type": "queue", "routing_key": q.routing_key,
                       "arguments": q.binding_arguments or {}} for q in queues],
-        "policies": [{**DEAD_LETTER_POLICY, "vhost": vhost}],
+        "policies": [dead_letter_policy(vhost)],
     }
 
 
 def test_the_rabbitmq_definitions_are_what_the_workers_declare() -> None:
     written = json.loads(DEFINITIONS.read_text())
     assert written == expected_definitions(), f"regenerate it: {REGENERATE}"
-    assert {q["arguments"].get("x-queue-type") for q in written["queues"]
-            if q["name"] in QUEUES} == {"classic"}
+    assert {q["arguments"].get("x-queue-type") for q in written["queues"]} == {"quorum"}
+    assert {e["type"] for e in written["exchanges"] if e["name"] in QUEUES} == {"topic"}
     policy = re.compile(DEAD_LETTER_POLICY["pattern"])
     assert [q["name"] for q in written["queues"] if policy.match(q["name"])] == list(QUEUES)
+    [written_policy] = written["policies"]
+    assert written_policy["definition"] == {
+        "dead-letter-exchange": DEAD_LETTER_EXCHANGE.name, "delivery-limit": DELIVERY_LIMIT,
+        "dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+    for queue in written["queues"]:  # the argument and the policy agree on the limit
+        if policy.match(queue["name"]):
+            assert queue["arguments"]["x-delivery-limit"] == DELIVERY_LIMIT
 
 
 @pytest.mark.rabbitmq
@@ -311,7 +314,7 @@ def test_rabbitmq_imports_the_definitions_and_a_worker_then_declares_without_con
     with Connection(vhost_url) as conn:  # PRECONDITION_FAILED if an argument differed
         for queue in declared_queues():
             queue(conn.default_channel).declare()
-        declare_topology(conn)
+        declare_topology(conn, Settings(broker_url=vhost_url))
     listed = run(rabbitmqctl, "list_queues", "-q", "-p", vhost, "name", "policy", "durable")
     assert listed.returncode == 0, listed.stderr
     rows = {line.split("\t")[0]: tuple(line.split("\t")[1:])
@@ -319,6 +322,10 @@ def test_rabbitmq_imports_the_definitions_and_a_worker_then_declares_without_con
     assert {name: rows[name] for name in QUEUES} == dict.fromkeys(
         QUEUES, ("shop-dead-letter", "true"))
     assert {q.name for q in declared_queues()} <= set(rows)
+    typed = run(rabbitmqctl, "list_queues", "-q", "-p", vhost, "name", "type")
+    types = dict(line.split("\t") for line in typed.stdout.splitlines() if "\t" in line)
+    assert {q.name: types[q.name] for q in declared_queues()} == {
+        q.name: "quorum" for q in declared_queues()}
 
 
 if __name__ == "__main__":  # REGENERATE

@@ -84,7 +84,7 @@ def test_postgresql_rabbitmq_smtp_and_a_stripe_test_key_all_pass(
         pg_url: str, vhost_url: str, smtp_server: Any, tmp_path: Path) -> None:
     upgrade(pg_url)
     with Connection(vhost_url) as conn:
-        declare_topology(conn)  # as a worker does when it starts
+        declare_topology(conn, Settings(broker_url=vhost_url))  # as a worker does at start
     with consuming(vhost_url, QUEUES):  # and a worker on every queue
         done, took = doctor({
             "SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
@@ -111,7 +111,7 @@ def test_a_task_queue_without_a_consumer_fails_naming_the_queue(
         pg_url: str, vhost_url: str, tmp_path: Path) -> None:
     upgrade(pg_url)
     with Connection(vhost_url) as conn:
-        declare_topology(conn)
+        declare_topology(conn, Settings(broker_url=vhost_url))
     with consuming(vhost_url, ("orders", "payments", "notifications")):  # none on reports
         done, _ = doctor({"SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
                           "SHOP_DATA_DIR": str(tmp_path)})

@@ -143,19 +143,60 @@ def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(tasks.backoff(n) <= 5 for n in range(20))
 
 
-def test_on_rabbitmq_queues_are_classic_durable_dead_lettering_with_publisher_confirms() -> None:
+def test_on_rabbitmq_queues_are_quorum_durable_dead_lettering_with_publisher_confirms() -> None:
     from shop.config import Settings
-    from shop.messaging.broker import task_queues, transport_options
+    from shop.messaging.broker import DELIVERY_LIMIT, task_queues, transport_options
 
     settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    assert settings.broker_queue_type == "quorum"
     assert transport_options(settings) == {"confirm_publish": True}
     queues = {q.name: q for q in task_queues(settings)}
     assert set(queues) == {"orders", "payments", "notifications", "reports"}
     for name, queue in queues.items():
         assert queue.durable is True
+        assert queue.exchange.type == "topic"  # native delayed delivery routes on topic
+        assert queue.queue_arguments == {"x-queue-type": "quorum",
+                                         "x-dead-letter-exchange": "shop.dlx",
+                                         "x-dead-letter-routing-key": name,
+                                         "x-delivery-limit": DELIVERY_LIMIT,
+                                         "x-dead-letter-strategy": "at-least-once",
+                                         "x-overflow": "reject-publish"}
+
+
+def test_classic_queues_are_declared_as_earlier_releases_declared_them() -> None:
+    from shop.config import Settings
+    from shop.messaging.broker import owned_queues, task_queues
+
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//",
+                        broker_queue_type="classic")
+    for queue in task_queues(settings):
+        assert queue.exchange.type == "direct"
         assert queue.queue_arguments == {"x-queue-type": "classic",
                                          "x-dead-letter-exchange": "shop.dlx",
-                                         "x-dead-letter-routing-key": name}
+                                         "x-dead-letter-routing-key": queue.name}
+    # RabbitMQ takes x-queue-type classic as equivalent to no argument at all
+    assert {q.name: q.queue_arguments for q in owned_queues(settings)[4:]} == {
+        name: {"x-queue-type": "classic"}
+        for name in ("shop.dead_letter", "shop.fulfillment", "shop.fulfillment_cancellations")}
+
+
+def test_the_embedded_broker_has_no_queue_types(tmp_path: Any) -> None:
+    from shop.config import Settings
+    from shop.messaging.broker import countdown, owned_queues
+
+    settings = Settings(broker_url=f"filesystem://{tmp_path}/b", broker_queue_type="quorum")
+    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 7
+    assert countdown(settings, 0.25) == 0.25
+
+
+def test_a_countdown_on_quorum_queues_is_at_least_the_one_second_they_can_delay() -> None:
+    from shop.config import Settings
+    from shop.messaging.broker import countdown
+
+    quorum = Settings(broker_url="amqp://guest@localhost//")
+    classic = Settings(broker_url="amqp://guest@localhost//", broker_queue_type="classic")
+    assert [countdown(quorum, s) for s in (0, 0.2, 1, 7.5)] == [0, 1.0, 1, 7.5]
+    assert [countdown(classic, s) for s in (0, 0.2, 7.5)] == [0, 0.2, 7.5]
 
 
 def test_the_embedded_broker_polls_fast(tmp_path: Any) -> None:
