@@ -22,7 +22,7 @@ from tests.fixtures.ports import free_port
 from tests.fixtures.proxy import Forwarder
 from tests.fixtures.rabbit_cluster import Node, RabbitCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 
 Chaos = Callable[..., Rig]
 WORKFLOW_QUEUES = ("orders", "payments", "notifications")
@@ -56,7 +56,6 @@ def kill_the_leader(rig: Rig, cluster: RabbitCluster, vhost: str) -> Node:
 
 
 @pytest.mark.chaos_smoke
-@pytest.mark.rabbitmq
 def test_smoke_cluster_leader_killed_loses_nothing(cluster_chaos: Chaos,
                                                    rabbit_cluster: RabbitCluster,
                                                    cluster_vhost: str) -> None:
