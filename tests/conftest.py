@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.outcomes",
     "tests.fixtures.rabbit_cluster",
+    "tests.fixtures.pg_standby",
 ]
 
 

@@ -305,6 +305,14 @@ class Rig:
             return {str(i): s for i, s in session.execute(
                 select(Order.id, Order.status).where(Order.id.in_(ids)))}
 
+    def failure_reasons(self) -> Counter[str]:
+        """Why the accepted orders that failed did (``out_of_stock``, ``card_declined``...)."""
+        ids = [uuid.UUID(i) for i in self.accepted]
+        with session_scope() as session:
+            return Counter(str(r) for r in session.scalars(
+                select(Order.failure_reason).where(Order.id.in_(ids),
+                                                   Order.status == "failed")))
+
     def outbox_pending(self) -> int:
         with session_scope() as session:
             return int(session.scalar(select(func.count()).select_from(OutboxMessage)
@@ -356,6 +364,9 @@ class Rig:
         statuses = self.statuses()
         tally = Counter(statuses.values())
         result.outcome = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
+        reasons = self.failure_reasons()
+        if reasons:
+            result.outcome += " (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")"
         unfinished = [i for i in self.accepted if statuses.get(i) not in TERMINAL]
         result.lost += len(unfinished)
         if unfinished:

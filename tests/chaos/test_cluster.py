@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.chaos.rig import ORDERS, Rig
+from tests.fixtures.pg_standby import PgPair
 from tests.fixtures.ports import free_port
 from tests.fixtures.proxy import Forwarder
 from tests.fixtures.rabbit_cluster import Node, RabbitCluster
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 Chaos = Callable[..., Rig]
 WORKFLOW_QUEUES = ("orders", "payments", "notifications")
 SMOKE_ORDERS = 40
+PROMOTE_AFTER = 3.0  # seconds between the primary's death and the standby's promotion
 
 
 def spread(cluster: RabbitCluster, vhost: str) -> list[str | None]:
@@ -160,3 +162,27 @@ def test_cluster_one_workers_link_to_its_node_cut(cluster_chaos: Chaos,
     finally:
         link.stop()
 
+
+
+@pytest.mark.chaos
+def test_cluster_postgresql_primary_stopped_and_standby_promoted(
+        pg_pair: PgPair, cluster_chaos: Chaos) -> None:
+    rig = cluster_chaos("c4. cluster: PostgreSQL primary stopped, standby promoted",
+                        database_url=pg_pair.url())
+    rig.stock_for(ORDERS)
+    placing = rig.place(ORDERS)
+    time.sleep(12)
+    started = time.monotonic()
+    pg_pair.stop_primary()  # the primary's machine is gone
+    time.sleep(PROMOTE_AFTER)  # what a failover manager takes to decide
+    pg_pair.promote()
+    assert pg_pair.writable(pg_pair.standby)
+    rig.result.faults = 1
+    rig.result.notes.append(f"primary stopped (-m immediate), standby promoted "
+                            f"{time.monotonic() - started:.1f} s later")
+    placing.join()
+    rig.settle()
+    # what the scenario's orders fail for by design; the failover adds no reason
+    reasons = rig.failure_reasons()
+    assert set(reasons) <= {"out_of_stock", "card_declined"}, reasons
+    rig.finish()
