@@ -1,10 +1,10 @@
 """``shop doctor``: is this machine's configuration complete, and does everything answer?
 
 One finding per check, each a plain line that says what is wrong and how to fix it:
-the database, its migrations, the broker, a consumer on each task queue, the SMTP
-server, the payment provider's key and the webhook secret, the admin token. Every
-network check gives up after ``TIMEOUT`` seconds, so the doctor never hangs on an
-address that drops packets.
+the database, its migrations, the broker, a consumer on each task queue, the type of
+every queue the shop owns, the SMTP server, the payment provider's key and the webhook
+secret, the admin token. Every network check gives up after ``TIMEOUT`` seconds, so
+the doctor never hangs on an address that drops packets.
 URLs are shown with their password replaced by ``***``, and no secret is printed.
 
 Errors from the database, the broker and SMTP stop here: each becomes a finding, and
@@ -19,6 +19,11 @@ no Prometheus alert for it in ``deploy/prometheus/alerts.yml``: the shop serves 
 metric of queue consumers (a worker knows only its own queues), and the rules name
 only metrics the shop serves. RabbitMQ's own Prometheus plugin exports
 ``rabbitmq_queue_consumers``, for whoever scrapes RabbitMQ too.
+
+A queue whose type (or other argument) differs from what this release declares fails
+too: ``SHOP_BROKER_QUEUE_TYPE=quorum`` on a deployment whose queues are still classic
+would stop every worker at its first declare. The live arguments are read over AMQP
+alone, so no management plugin is needed.
 """
 
 from __future__ import annotations
@@ -40,7 +45,15 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from shop.config import Settings, redact_url
-from shop.messaging.broker import DEAD_LETTER_EXCHANGE, EVENTS, QUEUES, transport_options
+from shop.messaging import migration
+from shop.messaging.broker import (
+    DEAD_LETTER_EXCHANGE,
+    DELIVERY_LIMIT,
+    EVENTS,
+    QUEUES,
+    is_quorum,
+    transport_options,
+)
 from shop.migrate import alembic_config
 from shop.notifications.mailer import parse_smtp_url
 
@@ -74,10 +87,10 @@ def examine(settings: Settings) -> list[Finding]:
         findings.append(_guarded("migrations", lambda: check_migrations(settings), secrets))
     broker = _guarded("broker", lambda: check_broker(settings), secrets)
     findings.append(broker)
-    if broker.status == "FAIL":
-        findings.append(Finding("queues", "skip", "not checked: the broker does not answer"))
-    else:
-        findings.append(_guarded("queues", lambda: check_queues(settings), secrets))
+    for name, check in (("queues", check_queues), ("queue types", check_queue_types)):
+        findings.append(Finding(name, "skip", "not checked: the broker does not answer")
+                        if broker.status == "FAIL"
+                        else _guarded(name, functools.partial(check, settings), secrets))
     for name, check in (("smtp", check_smtp), ("payments", check_payments),
                         ("webhooks", check_webhooks), ("admin", check_admin)):
         findings.append(_guarded(name, functools.partial(check, settings), secrets))
@@ -271,6 +284,37 @@ def check_queues(settings: Settings) -> Finding:
                        f"of {', '.join(QUEUES)} needs one)")
     counts = ", ".join(f"{name} {count}" for name, count in consumers.items())
     return Finding("queues", "ok", f"every task queue has a consumer ({counts})")
+
+
+def check_queue_types(settings: Settings) -> Finding:
+    """Every queue the shop owns has the type ``SHOP_BROKER_QUEUE_TYPE`` says, and the
+    arguments this release declares (RabbitMQ only; read over AMQP, see
+    ``shop.messaging.migration.live_arguments``): a worker could not declare it else."""
+    if not settings.broker_is_amqp:
+        return Finding("queue types", "skip", "the embedded broker has no queue types")
+    with Connection(settings.broker_url, connect_timeout=TIMEOUT,
+                    transport_options=transport_options(settings)) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=TIMEOUT)
+        found = migration.plan(conn, settings)
+    want = settings.broker_queue_type
+    wrong = [f"{queue.name} is {migration.describe(live, queue)}" for queue, live in found
+             if live is not None and migration.arguments_differ(live, queue)]
+    if wrong:
+        return Finding("queue types", "FAIL", f"{'; '.join(wrong)} (SHOP_BROKER_QUEUE_TYPE="
+                       f"{want}): workers and relays cannot declare them",
+                       "stop the workers, relays and beat, then run `shop broker "
+                       "migrate-queues` (docs/deployment.md, \"Queue types\"); or set "
+                       "SHOP_BROKER_QUEUE_TYPE to the queues' type")
+    if is_quorum(settings) and settings.max_deliveries >= DELIVERY_LIMIT:
+        return Finding("queue types", "warn", f"SHOP_MAX_DELIVERIES ({settings.max_deliveries}"
+                       f") is not below the quorum queues' delivery limit ({DELIVERY_LIMIT}): "
+                       "RabbitMQ dead-letters a message before the shop gives its order up",
+                       f"set SHOP_MAX_DELIVERIES below {DELIVERY_LIMIT}")
+    missing = sum(live is None for _, live in found)
+    later = f"; {missing} not declared yet" if missing else ""
+    return Finding("queue types", "ok", f"every declared queue is a {want} queue with the "
+                   f"arguments this release declares ({len(found) - missing} of {len(found)}"
+                   f"{later})")
 
 
 def _consumers(conn: Connection, queue: str) -> int | None:

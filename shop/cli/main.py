@@ -1,5 +1,5 @@
 """The ``shop`` command: migrate, seed, relay, dev, report, orders, reconcile, doctor,
-settings-doc.
+settings-doc, broker.
 
 A bad ``SHOP_`` setting ends any command with one line on stderr and exit status 2.
 """
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr, ValidationError
 
 from shop import logs
+from shop.cli import broker as broker_commands
 from shop.config import Settings, get_settings, redact_url
 from shop.orders.admin import cli as orders_commands
 
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="print .env.example instead: every setting at its default")
     settings.set_defaults(run=_settings_doc)
     orders_commands.register(sub)
+    broker_commands.register(sub)
 
     report = sub.add_parser("report", help="sales reports").add_subparsers(
         dest="report", required=True)

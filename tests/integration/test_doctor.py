@@ -33,10 +33,10 @@ def doctor(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float
 
 
 @contextmanager
-def consuming(broker: str, names: tuple[str, ...]) -> Iterator[None]:
-    """The task queues declared as a worker declares them, and a consumer on ``names``
-    for as long as the block runs."""
-    queues = task_queues(Settings(broker_url=broker))
+def consuming(broker: str, names: tuple[str, ...], kind: str = "quorum") -> Iterator[None]:
+    """The task queues declared as a worker declares them (queues of type ``kind``), and
+    a consumer on ``names`` for as long as the block runs."""
+    queues = task_queues(Settings(broker_url=broker, broker_queue_type=kind))
     with Connection(broker) as conn:
         for queue in queues:
             queue(conn.default_channel).declare()
@@ -94,8 +94,9 @@ def test_postgresql_rabbitmq_smtp_and_a_stripe_test_key_all_pass(
     assert done.returncode == 0, done.stdout + done.stderr
     checks = lines_by_check(done.stdout)
     assert {name: line.split()[0] for name, line in checks.items()} == dict.fromkeys(
-        ["database", "migrations", "broker", "queues", "smtp", "payments", "webhooks",
-         "admin"], "ok"), done.stdout
+        ["database", "migrations", "broker", "queues", "queue types", "smtp", "payments",
+         "webhooks", "admin"], "ok"), done.stdout
+    assert "every declared queue is a quorum queue" in checks["queue types"]
     assert "PostgreSQL" in checks["database"]
     assert "max_connections" in checks["database"]
     assert "Stripe in test mode" in checks["payments"]
@@ -122,6 +123,30 @@ def test_a_task_queue_without_a_consumer_fails_naming_the_queue(
     assert "orders" not in queues.split("->")[0]
     assert lines_by_check(done.stdout)["broker"].startswith("ok")
     assert done.stdout.splitlines()[-1] == "shop doctor: 1 problem (queues)"
+
+
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize(("live", "expected"), [("classic", "quorum"), ("quorum", "classic")])
+def test_a_queue_of_another_type_than_the_setting_fails_naming_it_and_the_migration(
+        pg_url: str, vhost_url: str, tmp_path: Path, live: str, expected: str) -> None:
+    """Queues declared by a release (or a setting) of the other type: the workers of this
+    one could not declare them, and the doctor says so before they try."""
+    upgrade(pg_url)
+    with Connection(vhost_url) as conn:
+        declare_topology(conn, Settings(broker_url=vhost_url, broker_queue_type=live))
+    with consuming(vhost_url, QUEUES, kind=live):
+        done, _ = doctor({"SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
+                          "SHOP_DATA_DIR": str(tmp_path), "SHOP_BROKER_QUEUE_TYPE": expected})
+    assert done.returncode == 1, done.stdout + done.stderr
+    checks = lines_by_check(done.stdout)
+    types = checks["queue types"]
+    assert types.startswith(f"FAIL  queue types: orders is a {live} queue, expected "
+                            f"{expected}; payments is a {live} queue"), types
+    assert "shop.fulfillment is" in types
+    assert "shop broker migrate-queues" in types.split("-> fix:")[1]
+    assert checks["queues"].startswith("ok")
+    assert done.stdout.splitlines()[-1] == "shop doctor: 1 problem (queue types)"
 
 
 @pytest.mark.postgres
