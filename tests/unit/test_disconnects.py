@@ -1,6 +1,7 @@
-"""A database that goes away (a dropped connection, a failover to the standby) is told
-from a bad statement: a step is retried without counting a failure, and a commit that
-must land is tried again until the database is back."""
+"""A shop on a cluster: a database that goes away (a dropped connection, a failover to
+the standby) is told from a bad statement, a step is retried without counting a
+failure, a commit that must land is tried again until the database is back, and a
+broker URL that lists every node is shown without any password."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import psycopg.errors
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from shop.config import Settings, redact_url
 from shop.db import commit_surely, is_disconnect
 from shop.messaging import runner
 from tests.unit.test_tasks import FakeTask, Request, Retried
@@ -99,3 +101,15 @@ def test_a_step_that_loses_the_database_is_retried_without_counting_a_failure(
             runner.run_step(FakeTask(request=Request(retries=retries)),  # type: ignore[arg-type]
                             commit_lost, lambda *_: pytest.fail("must not give up"))
     assert counted == []
+
+
+def test_a_cluster_broker_url_is_shown_without_any_nodes_password() -> None:
+    url = ("amqp://shop:s3cret@rabbit1:5672/shop;amqp://shop:s3cret@rabbit2:5672/shop;"
+           "amqp://shop:s3cret@rabbit3:5672/shop")
+    shown = redact_url(url)
+    assert "s3cret" not in shown
+    assert shown.split(";") == [f"amqp://shop:***@rabbit{n}:5672/shop" for n in (1, 2, 3)]
+    assert Settings(broker_url=url).broker_is_amqp
+    multi_host = ("postgresql+psycopg://shop:s3cret@/shop?host=db1:5432&host=db2:5432"
+                  "&target_session_attrs=read-write")
+    assert "s3cret" not in redact_url(multi_host)
