@@ -186,3 +186,32 @@ def test_cluster_postgresql_primary_stopped_and_standby_promoted(
     reasons = rig.failure_reasons()
     assert set(reasons) <= {"out_of_stock", "card_declined"}, reasons
     rig.finish()
+
+
+@pytest.mark.chaos
+def test_cluster_majority_lost_for_twenty_seconds(cluster_chaos: Chaos,
+                                                  rabbit_cluster: RabbitCluster,
+                                                  cluster_vhost: str) -> None:
+    """Two of three nodes killed: the last one pauses itself (``pause_minority``), so
+    the whole broker refuses; checkout goes on, the outbox keeps every message."""
+    rig = cluster_chaos("c6. cluster: majority lost 20 s (2 of 3 nodes killed)",
+                        worker_urls=spread(rabbit_cluster, cluster_vhost))
+    rig.stock_for(ORDERS)
+    placing = rig.place(ORDERS)
+    time.sleep(10)
+    lost = rabbit_cluster.nodes[1:]
+    for node in lost:
+        rabbit_cluster.kill(node)
+    time.sleep(20)
+    for node in lost:
+        node.start()
+    for node in lost:
+        rabbit_cluster.await_node(node)
+    rabbit_cluster.await_members()
+    rig.result.faults = 2
+    placing.join()
+    latencies = sorted(placing.latencies)
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    rig.result.notes.append(f"{', '.join(n.short for n in lost)} killed 20 s; checkout "
+                            f"p50 {p50:.2f} s, p99 {p99:.2f} s")
+    rig.finish()
