@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.chaos.rig import ORDERS, Rig
+from tests.chaos.rig import ORDERS, Placement, Rig
 from tests.fixtures.pg_standby import PgPair
 from tests.fixtures.ports import free_port
 from tests.fixtures.proxy import Forwarder
@@ -47,6 +47,13 @@ def leaders_note(cluster: RabbitCluster, vhost: str) -> str:
     leaders = {q: cluster.node(cluster.leader_of(q, vhost).name).short
                for q in WORKFLOW_QUEUES}
     return "leaders " + ", ".join(f"{q}@{n}" for q, n in leaders.items())
+
+
+def checkout_latency(placing: Placement) -> str:
+    """The checkout's p50 and p99 (first try to 202, storefront retries included)."""
+    latencies = sorted(placing.latencies)
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    return f"checkout p50 {p50:.2f} s, p99 {p99:.2f} s"
 
 
 def kill_the_leader(rig: Rig, cluster: RabbitCluster, vhost: str) -> Node:
@@ -83,6 +90,7 @@ def test_cluster_leader_node_killed_mid_run(cluster_chaos: Chaos,
     time.sleep(12)
     kill_the_leader(rig, rabbit_cluster, cluster_vhost)
     placing.join()
+    rig.result.notes.append(checkout_latency(placing))
     rig.finish()
     rig.result.notes.append(f"after: {leaders_note(rabbit_cluster, cluster_vhost)}")
 
@@ -103,8 +111,9 @@ def test_cluster_node_paused_thirty_seconds(cluster_chaos: Chaos,
     finally:
         rabbit_cluster.resume(node)
     rig.result.faults = 1
-    rig.result.notes.append(f"{node.short} (the workflow queues' leader) stopped 30 s")
     placing.join()
+    rig.result.notes.append(f"{node.short} (the workflow queues' leader) stopped 30 s; "
+                            f"{checkout_latency(placing)}")
     rig.finish()
     rig.result.notes.append(f"after: {leaders_note(rabbit_cluster, cluster_vhost)}")
 
@@ -210,8 +219,6 @@ def test_cluster_majority_lost_for_twenty_seconds(cluster_chaos: Chaos,
     rabbit_cluster.await_members()
     rig.result.faults = 2
     placing.join()
-    latencies = sorted(placing.latencies)
-    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
-    rig.result.notes.append(f"{', '.join(n.short for n in lost)} killed 20 s; checkout "
-                            f"p50 {p50:.2f} s, p99 {p99:.2f} s")
+    rig.result.notes.append(f"{', '.join(n.short for n in lost)} killed 20 s; "
+                            f"{checkout_latency(placing)}")
     rig.finish()
