@@ -63,12 +63,18 @@ bench: $(STAMP)
 ## chaos: first the state machine of tests/statemachine with STATEMACHINE_EXAMPLES
 ##        examples (500, a few minutes; 0 skips it; a failure is shrunk), then the
 ##        fault-injection suite on the real services (docs/RELIABILITY.md), about 15
-##        minutes; prints the table and writes var/chaos-results.md. Needs
-##        SHOP_TEST_DATABASE_URL and SHOP_TEST_BROKER_URL, as the e2e tests do; restarts
-##        PostgreSQL once unless SHOP_CHAOS_PG_RESTART=0
+##        minutes, and the cluster scenarios (a three-node RabbitMQ and a PostgreSQL
+##        standby it starts itself, about 15 more: CHAOS_ARGS="-k cluster" runs only
+##        those); prints the table and writes var/chaos-results.md. Finds PostgreSQL
+##        and RabbitMQ as make test does (SHOP_TEST_DATABASE_URL, SHOP_TEST_BROKER_URL,
+##        else 127.0.0.1:5432 and :5672), and fails naming what it is missing instead
+##        of skipping (SHOP_TEST_REQUIRE_SERVICES=1); restarts PostgreSQL once unless
+##        SHOP_CHAOS_PG_RESTART=0
 ##        (make chaos CHAOS_ARGS="-k poison" STATEMACHINE_EXAMPLES=0)
 chaos: $(STAMP)
-	@status=0; \
+	@exports="$$($(BIN)/python -m tests.fixtures.local_services --require \
+		--target 'make chaos')" || exit 1; eval "$$exports"; \
+	export SHOP_TEST_REQUIRE_SERVICES=1; status=0; \
 	if [ "$(STATEMACHINE_EXAMPLES)" != 0 ]; then \
 		SHOP_STATEMACHINE_EXAMPLES=$(STATEMACHINE_EXAMPLES) SHOP_STATEMACHINE_SHRINK=1 \
 		SHOP_STATEMACHINE_STEPS=$(STATEMACHINE_STEPS) $(BIN)/pytest tests/statemachine \

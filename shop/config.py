@@ -18,7 +18,10 @@ MIN_ADMIN_TOKEN = 16
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, reprs and messages)."""
+    """``url`` with any password replaced by ``***`` (for logs, reprs and messages); a
+    broker URL listing a cluster's nodes (``amqp://…//;amqp://…//``) node by node."""
+    if ";" in url:
+        return ";".join(redact_url(one) for one in url.split(";"))
     try:
         parsed = make_url(url)
     except ArgumentError:

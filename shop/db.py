@@ -2,20 +2,30 @@
 
 Sessions never autocommit: a use case in a ``service.py`` commits explicitly, and
 anything left uncommitted when the session closes is rolled back.
+
+A PostgreSQL primary with a standby is reached with one multi-host URL
+(``?host=a:5432&host=b:5432&target_session_attrs=read-write``, docs/deployment.md):
+pooled connections are pinged before use, so after a failover a process reconnects to
+whichever server takes writes. :func:`is_disconnect` tells such an outage from a bad
+statement, and :func:`commit_surely` keeps trying a commit that must land through one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import DateTime, Insert, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -23,6 +33,8 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from shop.config import get_settings
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -168,3 +180,49 @@ def session_scope() -> Iterator[Session]:
     finally:
         session.rollback()
         session.close()
+
+
+# SQLSTATEs of a server that went away or will not take the session: connection
+# exceptions (08), an administrator's or a crash's shutdown, a server still starting.
+DISCONNECT_STATES = ("08", "57P01", "57P02", "57P03")
+COMMIT_PATIENCE = 30.0  # seconds commit_surely keeps trying (a task's soft limit is 45)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database went away rather than that a statement was
+    wrong: a dropped connection, a server down, shutting down or starting, or no server
+    that takes writes (a failover under way, with ``target_session_attrs=read-write``)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig  # type: ignore[assignment]
+    if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith(DISCONNECT_STATES)
+
+
+def commit_surely(session: Session, write: Callable[[], object], *,
+                  patience: float = COMMIT_PATIENCE) -> None:
+    """``write()`` then commit; when the database goes away on the way (a dropped
+    connection, a failover), roll back and do both again, for up to ``patience`` seconds.
+
+    For the commit that records an effect outside the database (an email that left):
+    if it is given up, the effect stays unrecorded and is repeated later. ``write`` must
+    be safe to run twice: a commit whose answer was lost may have landed.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            write()
+            session.commit()
+            return
+        except DBAPIError as exc:
+            session.rollback()
+            if not is_disconnect(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("the database went away before a commit that must land (%s); "
+                        "trying again in %.1fs", type(exc.orig).__name__, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)

@@ -19,6 +19,8 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.stack",
     "tests.fixtures.outcomes",
+    "tests.fixtures.rabbit_cluster",
+    "tests.fixtures.pg_standby",
 ]
 
 

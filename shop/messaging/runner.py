@@ -6,6 +6,10 @@ A task is thin: it turns ids into a call of one step and leaves errors to
     BusyError, StaleDataError             another copy is at work: retry soon, uncounted
     SlowDown                              asked to wait (a 429, pacing): retry after it,
                                           uncounted
+    the database went away                retry with backoff, uncounted (a dropped
+    (``shop.db.is_disconnect``)           connection, a failover to the standby: the
+                                          step's commit did not land, or its copy finds
+                                          the work done)
     TransientError, OperationalError,     retry with backoff; after SHOP_RETRY_MAX_ATTEMPTS
     SoftTimeLimitExceeded, anything else  failures, the step gives up
     PermanentError                        the step gives up at once
@@ -39,7 +43,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shop import metrics
 from shop.config import get_settings
-from shop.db import session_scope
+from shop.db import is_disconnect, session_scope
 from shop.exceptions import BusyError, PermanentError, SlowDown, TransientError
 from shop.messaging import broker
 from shop.messaging.service import count_delivery, delivery_count, mark_consumed
@@ -117,8 +121,12 @@ def _run(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp) ->
     except PermanentError as exc:
         _give_up(task, on_exhausted, exc)
     except Exception as exc:
-        if not isinstance(exc, TRANSIENT):
+        if not isinstance(exc, TRANSIENT) and not is_disconnect(exc):
             log.exception("%s[%s] failed unexpectedly", task.name, request.id)
+        if is_disconnect(exc):  # the database went away (a failover): not the step's doing
+            if request.retries >= MAX_BUSY_RETRIES:
+                raise
+            raise task.retry(exc=exc, countdown=backoff(min(request.retries, 5))) from exc
         try:
             failures = _count(task, f"{request.id}:failures")
         except OperationalError:  # the database is gone too: retry later, uncounted

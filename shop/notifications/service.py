@@ -5,6 +5,8 @@ makes the email go out at most once in practice. Each call is a use case and
 commits for itself. The only window for a duplicate is a crash after the server
 accepted the message and before ``sent`` is committed: after the lease expires the
 email is sent again, with the same Message-ID, so mail clients can fold the copies.
+A database that goes away in that window (a dropped connection, a failover to the
+standby) is waited for, up to ``shop.db.COMMIT_PATIENCE``, instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shop import tracing
-from shop.db import db_now, utcnow
+from shop.db import commit_surely, db_now, utcnow
 from shop.exceptions import BusyError
 from shop.notifications.mailer import Attachment, Mailer, MailError, compose
 from shop.notifications.models import Notification
@@ -162,11 +164,17 @@ def _release(session: Session, *, key: str, error: MailError) -> None:
 
 
 def _mark_sent(session: Session, *, key: str, on_sent: Callable[[], None] | None) -> None:
-    session.execute(
-        update(Notification)
-        .where(Notification.key == key)
-        .values(status=SENT, sent_at=utcnow())
-    )
-    if on_sent is not None:
-        on_sent()
-    session.commit()
+    """Record the email as sent, through a dropped connection or a database failover
+    (``commit_surely``): left unrecorded, it would be sent again once the lease expires.
+    Repeated after a commit whose answer was lost, it marks nothing and records nothing."""
+    def write() -> None:
+        marked = session.execute(
+            update(Notification)
+            .where(Notification.key == key, Notification.status == SENDING)
+            .values(status=SENT, sent_at=utcnow())
+            .returning(Notification.key)
+        ).scalar()
+        if marked is not None and on_sent is not None:
+            on_sent()
+
+    commit_surely(session, write)

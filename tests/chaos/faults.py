@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import amqp
+import amqp.exceptions
 import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -23,13 +24,23 @@ if TYPE_CHECKING:
 
 
 def amqp_connection(url: str) -> amqp.Connection:
-    parts = urlsplit(url)
-    conn = amqp.Connection(host=f"{parts.hostname}:{parts.port or 5672}",
-                           userid=unquote(parts.username or "guest"),
-                           password=unquote(parts.password or "guest"),
-                           virtual_host=unquote(parts.path[1:] or "/"))
-    conn.connect()
-    return conn
+    """A connection to the first node of ``url`` (``;``-separated for a cluster) that
+    accepts one."""
+    failure: Exception | None = None
+    for one in url.split(";"):
+        parts = urlsplit(one)
+        conn = amqp.Connection(host=f"{parts.hostname}:{parts.port or 5672}",
+                               userid=unquote(parts.username or "guest"),
+                               password=unquote(parts.password or "guest"),
+                               virtual_host=unquote(parts.path[1:] or "/"), connect_timeout=5)
+        try:
+            conn.connect()
+        except (OSError, amqp.exceptions.AMQPError) as exc:
+            failure = exc
+            continue
+        return conn
+    assert failure is not None
+    raise failure
 
 
 TWICE = Path(__file__).parent / "twice"  # its sitecustomize publishes every task twice

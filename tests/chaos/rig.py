@@ -107,7 +107,8 @@ def with_port(url: str, port: int) -> str:
 class Rig:
     def __init__(self, *, scenario: str, stack: Stack, broker_url: str, smtp: SmtpServer,
                  stripe_url: str, stripe_proxy: Forwarder, broker_proxy: Forwarder | None,
-                 warehouse_queue: str, tmp_path: Path) -> None:
+                 warehouse_queue: str, tmp_path: Path,
+                 worker_urls: list[str | None] | None = None) -> None:
         self.result = Result(scenario)
         self.stack = stack
         self.broker_url = broker_url
@@ -117,6 +118,7 @@ class Rig:
         self.broker_proxy = broker_proxy
         self.warehouse_queue = warehouse_queue
         self.tmp_path = tmp_path
+        self.worker_urls = worker_urls or []  # a broker URL of its own for worker i
         self.api_url = ""
         self.accepted: dict[str, dict[str, Any]] = {}
         self.refused: list[str] = []
@@ -132,8 +134,9 @@ class Rig:
 
     def start(self, *, workers: int = 2) -> None:
         self.start_api()
-        for _ in range(workers):
-            self.start_worker()
+        for i in range(workers):
+            url = self.worker_urls[i] if i < len(self.worker_urls) else None
+            self.start_worker(env={"SHOP_BROKER_URL": url} if url else None)
         wait_until(lambda: min(self.dead_letter_count(q) for q in (
             "shop.dead_letter", *QUEUES.split(","))) >= 0, timeout=60, stack=self.stack,
             what="the workers to declare their queues")
@@ -302,6 +305,14 @@ class Rig:
             return {str(i): s for i, s in session.execute(
                 select(Order.id, Order.status).where(Order.id.in_(ids)))}
 
+    def failure_reasons(self) -> Counter[str]:
+        """Why the accepted orders that failed did (``out_of_stock``, ``card_declined``...)."""
+        ids = [uuid.UUID(i) for i in self.accepted]
+        with session_scope() as session:
+            return Counter(str(r) for r in session.scalars(
+                select(Order.failure_reason).where(Order.id.in_(ids),
+                                                   Order.status == "failed")))
+
     def outbox_pending(self) -> int:
         with session_scope() as session:
             return int(session.scalar(select(func.count()).select_from(OutboxMessage)
@@ -353,6 +364,9 @@ class Rig:
         statuses = self.statuses()
         tally = Counter(statuses.values())
         result.outcome = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
+        reasons = self.failure_reasons()
+        if reasons:
+            result.outcome += " (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")"
         unfinished = [i for i in self.accepted if statuses.get(i) not in TERMINAL]
         result.lost += len(unfinished)
         if unfinished:

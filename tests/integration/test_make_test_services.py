@@ -1,5 +1,6 @@
-"""``make test`` uses the machine's PostgreSQL and RabbitMQ when they answer on their
-usual ports, and a run without them ends saying what it skipped and why."""
+"""``make test`` (and ``make chaos``) use the machine's PostgreSQL and RabbitMQ when they
+answer on their usual ports; a ``make test`` run without them ends saying what it skipped
+and why, and ``make chaos`` fails saying what it is missing."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from tests.fixtures.local_services import LOCAL, SWITCH, answers, detect, unusable
+from tests.fixtures.local_services import LOCAL, SWITCH, answers, detect, main, unusable
 from tests.fixtures.ports import free_port
+from tests.fixtures.services import REQUIRE, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DETECTION = '$(BIN)/python -m tests.fixtures.local_services'
@@ -99,3 +101,45 @@ def test_a_run_that_skipped_nothing_says_nothing_about_services() -> None:
                       "test_every_setting_has_a_description_and_the_contracts_are_listed")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "for want of their services" not in done.stdout
+
+
+def test_make_chaos_fails_naming_each_missing_service_instead_of_skipping() -> None:
+    """Without the services, ``make chaos`` stops before pytest, saying what is missing
+    (it used to skip every scenario and exit 0)."""
+    makefile = (REPO / "Makefile").read_text()
+    assert "-m tests.fixtures.local_services --require" in makefile
+    assert "export SHOP_TEST_REQUIRE_SERVICES=1" in makefile
+    done = subprocess.run(["make", "--no-print-directory", "chaos", "STATEMACHINE_EXAMPLES=0"],
+                          cwd=REPO, env=clean_env(**{SWITCH: "0"}), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode != 0, done.stdout + done.stderr
+    for var in LOCAL:
+        assert f"make chaos: FAILED: {var} is unset" in done.stderr, done.stderr
+    assert "passed" not in done.stdout, done.stdout  # pytest never ran
+    assert "skipped" not in done.stdout, done.stdout
+
+
+def test_make_chaos_takes_the_machines_services_as_make_test_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--require", "--target", "make chaos"]
+    assert main(argv, environ={}, check=lambda var, url: None) == 0
+    shown = capsys.readouterr()
+    assert shown.out.splitlines() == [f"export {var}={url}" for var, url in LOCAL.items()]
+    assert main(argv, environ={"SHOP_TEST_BROKER_URL": "amqp://mine//"},
+                check=lambda var, url: "nothing answers on 127.0.0.1:5432") == 1
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    assert shown.err.splitlines() == [
+        "make chaos: FAILED: SHOP_TEST_DATABASE_URL is unset and nothing answers on "
+        "127.0.0.1:5432; set it, or start PostgreSQL on 127.0.0.1:5432 (user postgres)"]
+
+
+def test_under_make_chaos_a_missing_service_fails_the_test(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv(REQUIRE, "1")
+    with pytest.raises(pytest.fail.Exception, match="SHOP_TEST_REQUIRE_SERVICES=1"):
+        unavailable("SHOP_TEST_DATABASE_URL is not set")
+    monkeypatch.setenv(REQUIRE, "0")
+    with pytest.raises(pytest.skip.Exception):
+        unavailable("SHOP_TEST_DATABASE_URL is not set")
