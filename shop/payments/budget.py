@@ -6,31 +6,43 @@ retrieving one, confirming, capturing and cancelling one, and creating a refund.
 limit shared by processes is shared state, and the shop already has a store every
 process reaches and trusts: its database. Each call takes a token from its endpoint's
 bucket and from the account's bucket together, in one short transaction that locks
-the two rows (in a fixed order) and reads the database's clock, so all machines agree
-on time. No process keeps a share of its own, so adding workers needs no arithmetic.
+the two rows (in a fixed order) and reads the database's clock once it holds them, so
+all machines agree on time. No process keeps a share of its own, so adding workers
+needs no arithmetic.
 
 - A bucket refills at its rate times ``HEADROOM`` (a margin for the provider counting
-  arrivals, not our departures) up to a burst of the rest, so no second ever holds
-  more calls than the nominal rate.
+  arrivals, not our departures) up to a burst of the rest, at least one call, so no
+  second ever holds more calls than the nominal rate.
+- A call is given a *slot*: the moment its tokens are there. A slot within the wait it
+  may spend is taken at once (the bucket goes below zero) and the caller sleeps until
+  it: one transaction per call, however many callers wait, and calls leave exactly
+  one refill period apart, so a burst of callers is spread evenly, not by polling.
 - Money already decided goes first: captures, refunds and cancels may empty the
   account's bucket; creates leave ``RESERVE`` of it to them.
-- A call waits for its tokens at most ``MAX_PACING_WAIT``; beyond that it is not made
-  and the step is retried later (``PaymentRateLimited``, uncounted), so a busy
-  provider never ties up a worker thread for long.
+- A keyed call (one with an idempotency key: a create, a capture, a refund) whose slot
+  is further off than ``HOLD`` books it: the endpoint's token is taken for that moment
+  and a row ``slot:<hash of the key>`` remembers it, and the step is retried just
+  before it (``PaymentRateLimited`` with ``exact``; not counted as a failure). The
+  retried step finds its booking and uses it. A thousand orders queued behind the
+  create endpoint thus cost two runs of the payment step each, not one every few
+  seconds, and a worker thread never sits for long on a call that is not due.
+- A keyless call (a retrieve) waits at most ``MAX_PACING_WAIT``; beyond that it is not
+  made and the step is retried later.
 
-The cost is one round trip to the database per provider call, about a millisecond,
-against a provider call of 100 ms or more.
+The cost is one round trip to the database per provider call (two for a booked one),
+about a millisecond each, against a provider call of 100 ms or more.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shop import metrics
@@ -46,10 +58,13 @@ from shop.payments.wrapped import WrappedGateway
 
 T = TypeVar("T")
 
-HEADROOM = 0.9
+HEADROOM = 0.95
 RESERVE = 0.5  # of the account's burst, kept by creates for captures, refunds and cancels
 ACCOUNT = "account"
 FIRST = frozenset({"capture", "refund", "cancel"})
+HOLD = 0.5  # the longest a keyed call sleeps in its thread for its slot; further: booked
+SLOT = "slot:"  # the name prefix of a booked slot's row
+STALE_SLOT = dt.timedelta(hours=1)  # a booking nobody came back for is deleted after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +84,14 @@ class Limits:
 
     def burst(self, bucket: str) -> float:
         """What the margin leaves, at least one call: a bucket full at ``t`` plus a
-        second's refill never exceeds the nominal rate in any second (25/s: 2.5)."""
+        second's refill never exceeds the nominal rate in any second (25/s: 1.25)."""
         nominal = self.account_rps if bucket == ACCOUNT else self.endpoint_rps
         return max(1.0, nominal * (1 - HEADROOM))
+
+
+def slot_name(key: str) -> str:
+    """The row that books a slot for the call with idempotency key ``key``."""
+    return SLOT + hashlib.sha256(key.encode()).hexdigest()[:48]
 
 
 class Budget:
@@ -81,46 +101,77 @@ class Budget:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.sessions, self.limits, self._sleep = sessions, limits, sleep
 
-    def wait_turn(self, op: str, max_wait: float = MAX_PACING_WAIT) -> None:
-        """Return once ``op`` may call the provider; ``PaymentRateLimited`` instead of
-        waiting longer than ``max_wait``."""
-        waited = 0.0
-        while True:
-            wait = self.take(op)
-            if wait <= 0:
-                return
-            if waited + wait > max_wait:
-                raise PaymentRateLimited(f"provider budget: {ENDPOINTS.get(op, op)} is at its "
-                                         f"limit for {wait:.2f}s", retry_after=wait)
+    def wait_turn(self, op: str, max_wait: float = MAX_PACING_WAIT,
+                  key: str | None = None) -> None:
+        """Return once ``op`` may call the provider. ``PaymentRateLimited`` instead of
+        waiting longer than ``max_wait`` (a keyed call: ``HOLD``), after booking the
+        keyed call's slot; its ``retry_after`` is then the time to come back."""
+        hold = min(max_wait, HOLD) if key is not None else max_wait
+        wait, booked = self._turn(op, within=hold, key=key)
+        if wait > hold:
+            endpoint = ENDPOINTS.get(op, op)
+            if booked:
+                raise PaymentRateLimited(
+                    f"provider budget: {endpoint} booked in {wait:.2f}s",
+                    retry_after=max(0.0, wait - hold / 2), exact=True)
+            raise PaymentRateLimited(f"provider budget: {endpoint} is at its limit for "
+                                     f"{wait:.2f}s", retry_after=wait)
+        if wait > 0:
             self._sleep(wait)
-            waited += wait
 
-    def take(self, op: str) -> float:
-        """Take the call's tokens now (0.0), or say how long until they are there."""
-        names = sorted({ACCOUNT, ENDPOINTS.get(op, op)})
+    def take(self, op: str, *, within: float = 0.0, key: str | None = None) -> float:
+        """Take the call's tokens if its slot is at most ``within`` seconds away, and
+        return the time until it (0.0: now); else the time until it, untaken (a keyed
+        call's slot is then booked: see ``wait_turn``)."""
+        return self._turn(op, within=within, key=key)[0]
+
+    def _turn(self, op: str, *, within: float, key: str | None) -> tuple[float, bool]:
+        endpoint = ENDPOINTS.get(op, op)
+        buckets = sorted({ACCOUNT, endpoint})
+        slot = slot_name(key) if key is not None else None
         reserve = 0.0 if op in FIRST else self.limits.reserve()
         with self.sessions() as session:
+            rows = self._locked(session, buckets, [slot] if slot else [])
             now = _now(session)
-            rows = self._locked(session, names, now)
-            levels = {name: self._level(row, now) for name, row in rows.items()}
-            need = {name: 1.0 + (reserve if name == ACCOUNT else 0.0) for name in names}
-            short = max((need[n] - levels[n]) / self.limits.rate(n) for n in names)
-            if short > 0:
+            booking = rows.pop(slot, None) if slot else None
+            levels = {name: self._level(rows[name], now) for name in buckets}
+            need = {name: 1.0 + (reserve if name == ACCOUNT else 0.0) for name in buckets}
+            waits = {n: max(0.0, (need[n] - levels[n]) / self.limits.rate(n)) for n in buckets}
+            if booking is not None:  # the endpoint's token was taken when it was booked
+                waits[endpoint] = max(0.0, (booking.updated_at - now).total_seconds())
+            wait = max(waits.values())
+            if wait <= within:
+                paying = [ACCOUNT] if booking is not None else buckets
+                for name in paying:
+                    self._spend(rows[name], levels[name], now)
+                if booking is not None:
+                    session.delete(booking)
+                session.commit()
+                metrics.PROVIDER_BUDGET_HEADROOM.labels(bucket=ACCOUNT).set(
+                    levels[ACCOUNT] - 1.0)
+                return wait, False
+            if slot is None or booking is not None or endpoint == ACCOUNT:
                 session.rollback()
-                return short
-            for name, row in rows.items():
-                row.tokens, row.updated_at = levels[name] - 1.0, now
+                return wait, booking is not None
+            # Book the endpoint's slot; the account's token is taken when it is used.
+            self._spend(rows[endpoint], levels[endpoint], now)
+            session.execute(delete(RateBucket).where(RateBucket.name.startswith(SLOT),
+                                                     RateBucket.updated_at < now - STALE_SLOT))
+            session.add(RateBucket(name=slot, tokens=0.0,
+                                   updated_at=now + dt.timedelta(seconds=waits[endpoint])))
             session.commit()
-        metrics.PROVIDER_BUDGET_HEADROOM.labels(bucket=ACCOUNT).set(levels[ACCOUNT] - 1.0)
-        return 0.0
+            return wait, True
 
-    def _locked(self, session: Session, names: list[str],
-                now: dt.datetime) -> dict[str, RateBucket]:
+    def _locked(self, session: Session, buckets: list[str],
+                slots: list[str]) -> dict[str, RateBucket]:
+        now = func.clock_timestamp() if session.get_bind().dialect.name == "postgresql" \
+            else dt.datetime.now(dt.UTC)
         session.execute(insert_for(session, RateBucket.__table__)  # type: ignore[arg-type]
                         .values([{"name": n, "tokens": self.limits.burst(n), "updated_at": now}
-                                 for n in names])
+                                 for n in buckets])
                         .on_conflict_do_nothing(index_elements=["name"]))  # type: ignore[attr-defined]
-        found = session.scalars(select(RateBucket).where(RateBucket.name.in_(names))
+        found = session.scalars(select(RateBucket)
+                                .where(RateBucket.name.in_([*buckets, *slots]))
                                 .order_by(RateBucket.name).with_for_update()
                                 .execution_options(populate_existing=True))
         return {row.name: row for row in found}
@@ -129,6 +180,10 @@ class Budget:
         elapsed = max(0.0, (now - row.updated_at).total_seconds())
         return min(self.limits.burst(row.name),
                    row.tokens + elapsed * self.limits.rate(row.name))
+
+    @staticmethod
+    def _spend(row: RateBucket, level: float, now: dt.datetime) -> None:
+        row.tokens, row.updated_at = level - 1.0, max(now, row.updated_at)
 
 
 def _now(session: Session) -> dt.datetime:
@@ -148,6 +203,6 @@ class BudgetedGateway(WrappedGateway):
         super().__init__(inner)
         self.budget = budget
 
-    def around(self, op: str, call: Callable[[], T]) -> T:
-        self.budget.wait_turn(op)
+    def around(self, op: str, call: Callable[[], T], key: str | None = None) -> T:
+        self.budget.wait_turn(op, key=key)
         return call()

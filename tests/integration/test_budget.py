@@ -104,7 +104,9 @@ def test_creates_still_go_through_when_the_accounts_burst_leaves_no_reserve(
     for _ in range(3):
         budget.wait_turn("create_intent")
     assert Limits(account_rps=10, endpoint_rps=10).reserve() == 0.0
-    assert Limits(account_rps=25, endpoint_rps=25).reserve() == pytest.approx(1.25)
+    # 25/s: a burst of 1.25 calls (5 % of the rate), 0.25 of it kept
+    assert Limits(account_rps=25, endpoint_rps=25).reserve() == pytest.approx(0.25)
+    assert Limits(account_rps=100, endpoint_rps=25).reserve() == pytest.approx(2.5)
     assert sum(slept) < 1.0  # two waits of about 1/9 s
 
 
