@@ -23,9 +23,11 @@ needs no arithmetic.
   is further off than ``HOLD`` books it: the endpoint's token is taken for that moment
   and a row ``slot:<hash of the key>`` remembers it, and the step is retried just
   before it (``PaymentRateLimited`` with ``exact``; not counted as a failure). The
-  retried step finds its booking and uses it. A thousand orders queued behind the
-  create endpoint thus cost two runs of the payment step each, not one every few
-  seconds, and a worker thread never sits for long on a call that is not due.
+  retried step finds its booking and uses it; one that comes back more than ``LATE``
+  after its slot takes a fresh one (a slot is a moment, so late calls never bunch).
+  A thousand orders queued behind the create endpoint thus cost two runs of the
+  payment step each, not one every few seconds, and a worker thread never sits for
+  long on a call that is not due.
 - A keyless call (a retrieve) waits at most ``MAX_PACING_WAIT``; beyond that it is not
   made and the step is retried later.
 
@@ -63,6 +65,8 @@ RESERVE = 0.5  # of the account's burst, kept by creates for captures, refunds a
 ACCOUNT = "account"
 FIRST = frozenset({"capture", "refund", "cancel"})
 HOLD = 0.5  # the longest a keyed call sleeps in its thread for its slot; further: booked
+LATE = 0.05  # a booking come back to later than this after its slot is void: calls made
+# late on the slots they booked would reach the provider together, over its limit
 SLOT = "slot:"  # the name prefix of a booked slot's row
 STALE_SLOT = dt.timedelta(hours=1)  # a booking nobody came back for is deleted after this
 
@@ -134,6 +138,9 @@ class Budget:
             rows = self._locked(session, buckets, [slot] if slot else [])
             now = _now(session)
             booking = rows.pop(slot, None) if slot else None
+            stale = None
+            if booking is not None and (now - booking.updated_at).total_seconds() > LATE:
+                stale, booking = booking, None  # its slot went by unused: take a fresh one
             levels = {name: self._level(rows[name], now) for name in buckets}
             need = {name: 1.0 + (reserve if name == ACCOUNT else 0.0) for name in buckets}
             waits = {n: max(0.0, (need[n] - levels[n]) / self.limits.rate(n)) for n in buckets}
@@ -144,8 +151,8 @@ class Budget:
                 paying = [ACCOUNT] if booking is not None else buckets
                 for name in paying:
                     self._spend(rows[name], levels[name], now)
-                if booking is not None:
-                    session.delete(booking)
+                if booking is not None or stale is not None:
+                    session.delete(booking or stale)
                 session.commit()
                 metrics.PROVIDER_BUDGET_HEADROOM.labels(bucket=ACCOUNT).set(
                     levels[ACCOUNT] - 1.0)
@@ -156,9 +163,14 @@ class Budget:
             # Book the endpoint's slot; the account's token is taken when it is used.
             self._spend(rows[endpoint], levels[endpoint], now)
             session.execute(delete(RateBucket).where(RateBucket.name.startswith(SLOT),
-                                                     RateBucket.updated_at < now - STALE_SLOT))
-            session.add(RateBucket(name=slot, tokens=0.0,
-                                   updated_at=now + dt.timedelta(seconds=waits[endpoint])))
+                                                     RateBucket.name != slot,
+                                                     RateBucket.updated_at < now - STALE_SLOT)
+                            .execution_options(synchronize_session=False))
+            at = now + dt.timedelta(seconds=waits[endpoint])
+            if stale is not None:
+                stale.updated_at = at
+            else:
+                session.add(RateBucket(name=slot, tokens=0.0, updated_at=at))
             session.commit()
             return wait, True
 
