@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "answers; exit 1 when something is wrong").set_defaults(run=_doctor)
     sizing = sub.add_parser("sizing", help="the payments worker's threads for the provider "
                             "budget and latency (docs/deployment.md)")
-    sizing.add_argument("--latency-ms", type=float, default=300.0,
+    sizing.add_argument("--latency-ms", type=float, default=300.0,  # sizing.DEFAULT_LATENCY_MS
                         help="the provider's usual time per call (default 300)")
     sizing.add_argument("--rate", type=float, default=None, metavar="ORDERS_PER_S",
                         help="orders a second to size for (default: the budget's ceiling)")

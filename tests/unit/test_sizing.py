@@ -3,7 +3,10 @@ orders/s x calls per order x (latency + step) + half a slot's hold, with a margi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from shop.cli.main import main
 from shop.config import get_settings
@@ -50,3 +53,16 @@ def test_shop_sizing_prints_the_pool(monkeypatch: pytest.MonkeyPatch,
         assert "--concurrency 16" in out
     finally:
         get_settings.cache_clear()
+
+
+def test_the_deploy_files_size_the_payments_pool_with_shop_sizing() -> None:
+    """deploy/systemd/worker-payments.env and the Compose file carry the figure of
+    `shop sizing --threads` for Stripe's live ceiling at the default latency."""
+    root = Path(__file__).resolve().parents[2] / "deploy"
+    wanted = sizing.size(None, latency_ms=sizing.DEFAULT_LATENCY_MS).threads
+    env = dict(line.split("=", 1) for line in (root / "systemd/worker-payments.env")
+               .read_text().splitlines() if line and not line.startswith("#"))
+    assert int(env["WORKER_CONCURRENCY"]) == int(env["SHOP_DB_POOL_SIZE"]) == wanted
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    command = compose["payments-worker"]["command"]
+    assert int(command[command.index("--concurrency") + 1]) == wanted
