@@ -47,6 +47,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="dummy provider latency in case 4 (default 250)")
     parser.add_argument("--burst-orders", type=int, default=2000,
                         help="orders of the burst case (default 2000)")
+    parser.add_argument("--burst-limits", default="100,25", metavar="ACCOUNT,ENDPOINT",
+                        help="requests/s the burst's dummy allows and its budget keeps to "
+                             "(default 100,25: Stripe's live limits)")
     parser.add_argument("--burst-clients", type=int, default=32,
                         help="connections posting the burst (default 32)")
     parser.add_argument("--clients", type=int, default=8,

@@ -35,8 +35,6 @@ DONE = text("""
 NOT_CONFIRMED = text("SELECT status, count(*) FROM orders WHERE status <> 'confirmed' "
                      "GROUP BY status")
 COST_BEFORE = {"statements": 89, "commits": 28, "publishes": 7, "provider_calls": 5}
-# Stripe's live limits (requests/s): the account, and each endpoint by default
-STRIPE_ACCOUNT_RPS, STRIPE_ENDPOINT_RPS = 100, 25
 # Every order of a burst: its status, when it was placed and confirmed (its capture
 # event), how many capture events and captured payments it has (exactly one each).
 BURST_ORDERS = text("""
@@ -241,11 +239,10 @@ def burst(bench: Bench, args: argparse.Namespace) -> Result:
     call, the shop's budget set to the same limits, case 4's processes with the payments
     pool from ``shop sizing``. Drain rate, 429s, every order confirmed once, and the
     time from placed to confirmed."""
-    limits = f"{STRIPE_ACCOUNT_RPS},{STRIPE_ENDPOINT_RPS}"
+    account, endpoint = (float(x) for x in args.burst_limits.split(","))
     env = base_env(bench, args, latency_ms=args.payment_latency_ms,
-                   SHOP_DUMMY_PAYMENT_LIMITS=limits,
-                   SHOP_STRIPE_MAX_RPS=str(STRIPE_ACCOUNT_RPS),
-                   SHOP_STRIPE_ENDPOINT_RPS=str(STRIPE_ENDPOINT_RPS))
+                   SHOP_DUMMY_PAYMENT_LIMITS=f"{account:g},{endpoint:g}",
+                   SHOP_STRIPE_MAX_RPS=f"{account:g}", SHOP_STRIPE_ENDPOINT_RPS=f"{endpoint:g}")
     base, env = _shop_stack(bench, args, latency_ms=args.payment_latency_ms, split=True,
                             env=env)
     run_orders(bench, args, base, env, count=args.warmup, start=0)
@@ -278,8 +275,7 @@ def burst(bench: Bench, args: argparse.Namespace) -> Result:
     waits = sorted((row[2] - row[1]).total_seconds() for row in rows if row[2] is not None)
     last = max(confirmed_at)
     limited = DummyLimits(Path(env["SHOP_DATA_DIR"]) / "dummy_payments",
-                          account_rps=STRIPE_ACCOUNT_RPS,
-                          endpoint_rps=STRIPE_ENDPOINT_RPS).limited()
+                          account_rps=account, endpoint_rps=endpoint).limited()
     took.sort()
     figures = {
         "orders": len(rows), "confirmed": statuses.count("confirmed"),
@@ -287,7 +283,7 @@ def burst(bench: Bench, args: argparse.Namespace) -> Result:
         "limited": limited, "accept_rate": len(took) / accepted,
         "post_p50": 1000 * took[len(took) // 2], "post_p99": 1000 * took[int(len(took) * .99)],
         "p50": waits[len(waits) // 2], "p99": waits[int(len(waits) * .99)],
-        "ceiling": float(min(STRIPE_ENDPOINT_RPS, STRIPE_ACCOUNT_RPS / 2)),
+        "ceiling": min(endpoint, account / 2), "account_rps": account, "endpoint_rps": endpoint,
         "threads": float(args.sized_threads),
     }
     rate = count / (last.timestamp() - started)

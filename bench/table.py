@@ -89,7 +89,9 @@ def rows(results: Mapping[str, Result], args: argparse.Namespace) -> list[Row]:
         f = burst.figures
         ratio, met = _ratio(burst.rate, f["ceiling"], at_least=0.9)
         once = f["confirmed_once"] == f["orders"] == f["confirmed"]
-        out.append((f"8 burst of {f['orders']:,.0f} orders, Stripe live limits, "
+        limits = ("Stripe live limits" if (f["account_rps"], f["endpoint_rps"]) == (100, 25)
+                  else f"limits {f['account_rps']:g}/s, {f['endpoint_rps']:g}/s per endpoint")
+        out.append((f"8 burst of {f['orders']:,.0f} orders, {limits}, "
                     f"{args.payment_latency_ms} ms, {f['threads']:.0f} threads",
                     f"{burst.rate:.1f} orders/s", f"{f['ceiling']:.0f} (ceiling)", ratio,
                     ">= 0.9", met))
