@@ -19,11 +19,12 @@ needs no arithmetic.
 - Money already decided goes first: captures, refunds and cancels may empty the
   account's bucket; creates leave ``RESERVE`` of it to them.
 - A keyed call (one with an idempotency key: a create, a capture, a refund) whose turn
-  is further off than ``HOLD`` books a *slot*: the endpoint's token is taken for that moment
-  and a row ``slot:<hash of the key>`` remembers it, and the step is retried just
+  is further off than ``HOLD``, or that has waited ``HOLD`` among others, books a
+  *slot*: the endpoint's token is taken for that moment and a row
+  ``slot:<hash of the key>`` remembers it, and the step is retried just
   before it (``PaymentRateLimited`` with ``exact``; not counted as a failure). The
-  retried step finds its booking and uses it at its moment; one that comes back more than ``LATE``
-  after its slot takes a fresh one (a slot is a moment, so late calls never bunch).
+  retried step finds its booking and uses it at its moment; one that comes back more
+  than ``LATE`` after its slot takes a fresh one (a slot is a moment, so late calls never bunch).
   A thousand orders queued behind the create endpoint thus cost two runs of the
   payment step each, not one every few seconds, and a worker thread never sits for
   long on a call that is not due.
@@ -115,6 +116,12 @@ class Budget:
             wait, far = self._turn(op, key=key, hold=hold)
             if wait <= 0:
                 return
+            if key is not None and not far and waited + wait > hold:
+                # waited its fill among others: book the slot instead (behind it, the
+                # next callers book theirs, and the queue forms in the budget)
+                wait, far = self._turn(op, key=key, hold=hold, book=True)
+                if wait <= 0:
+                    return
             endpoint = ENDPOINTS.get(op, op)
             if far:
                 raise PaymentRateLimited(
@@ -130,9 +137,10 @@ class Budget:
         """Take the call's tokens now (0.0), or say how long until they are there."""
         return self._turn(op, key=None, hold=float("inf"))[0]
 
-    def _turn(self, op: str, *, key: str | None, hold: float) -> tuple[float, bool]:
+    def _turn(self, op: str, *, key: str | None, hold: float,
+              book: bool = False) -> tuple[float, bool]:
         """Take the tokens now (0.0), or the time until they are there, and whether the
-        keyed call's slot is booked further than ``hold`` away (it is then booked)."""
+        keyed call's slot is booked (further than ``hold`` away, or when ``book``)."""
         endpoint = ENDPOINTS.get(op, op)
         buckets = sorted({ACCOUNT, endpoint})
         slot = slot_name(key) if key is not None else None
@@ -160,9 +168,9 @@ class Budget:
                 metrics.PROVIDER_BUDGET_HEADROOM.labels(bucket=ACCOUNT).set(
                     levels[ACCOUNT] - 1.0)
                 return 0.0, False
-            if slot is None or booking is not None or waits[endpoint] <= hold:
+            if slot is None or booking is not None or not (waits[endpoint] > hold or book):
                 session.rollback()
-                return wait, booking is not None and wait > hold
+                return wait, booking is not None and (wait > hold or book)
             # Book the endpoint's slot; the account's token is taken when it is used.
             self._spend(rows[endpoint], levels[endpoint], now)
             session.execute(delete(RateBucket).where(RateBucket.name.startswith(SLOT),
