@@ -40,10 +40,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="prefork pool size of each worker (default 2)")
     parser.add_argument("--pool", default="prefork",
                         help="pool of the shop's main worker (default prefork)")
-    parser.add_argument("--payment-threads", type=int, default=16,
-                        help="threads of case 4's payments worker (default 16)")
+    parser.add_argument("--payment-threads", type=int, default=0,
+                        help="threads of the payments worker of cases 4 and burst "
+                             "(default: `shop sizing --threads` for the case's settings)")
     parser.add_argument("--payment-latency-ms", type=int, default=250,
                         help="dummy provider latency in case 4 (default 250)")
+    parser.add_argument("--burst-orders", type=int, default=2000,
+                        help="orders of the burst case (default 2000)")
+    parser.add_argument("--burst-limits", default="100,25", metavar="ACCOUNT,ENDPOINT",
+                        help="requests/s the burst's dummy allows and its budget keeps to "
+                             "(default 100,25: Stripe's live limits)")
+    parser.add_argument("--burst-clients", type=int, default=32,
+                        help="connections posting the burst (default 32)")
     parser.add_argument("--clients", type=int, default=8,
                         help="concurrent HTTP connections placing orders (default 8)")
     parser.add_argument("--connections", type=int, default=32,
@@ -60,7 +68,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run the cases this many times, interleaved; the table shows "
                              "each rate's median (the load of a shared machine drifts)")
     parser.add_argument("--profile", action="store_true",
-                        help="record case 3 with py-spy (needs py-spy in the venv)")
+                        help="record case 3 and the burst's workers with py-spy (needs "
+                             "py-spy in the venv)")
     parser.add_argument("--pg-server", default=os.environ.get(
         "SHOP_BENCH_SERVER_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server whose user may create databases")

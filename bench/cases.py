@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 from bench import load
 from bench.bare import metadata
 from bench.stack import ROOT, Bench, free_port, wait_for
+from shop.payments.dummy_limits import DummyLimits
 
 # One order is done when it is confirmed, its email was accepted by the SMTP server and
 # its warehouse request was published (the outbox row of the event is marked once the
@@ -34,6 +35,20 @@ DONE = text("""
 NOT_CONFIRMED = text("SELECT status, count(*) FROM orders WHERE status <> 'confirmed' "
                      "GROUP BY status")
 COST_BEFORE = {"statements": 89, "commits": 28, "publishes": 7, "provider_calls": 5}
+# Every order of a burst: its status, when it was placed and confirmed (its capture
+# event), how many capture events and captured payments it has (exactly one each).
+BURST_ORDERS = text("""
+    SELECT o.status, o.created_at,
+           (SELECT min(e.at) FROM order_events e
+             WHERE e.order_id = o.id AND e.type = 'payment.captured'),
+           (SELECT count(*) FROM order_events e
+             WHERE e.order_id = o.id AND e.type = 'payment.captured'),
+           (SELECT count(*) FROM payments p
+             WHERE p.order_id = o.id AND p.captured_at IS NOT NULL)
+    FROM orders o WHERE o.created_at >= :since
+""")
+CONFIRMED_SINCE = text("SELECT count(*) FROM orders WHERE status = 'confirmed' "
+                       "AND created_at >= :since")
 
 
 @dataclass
@@ -134,15 +149,28 @@ def naive(bench: Bench, args: argparse.Namespace) -> Result:
 
 
 # -- cases 3 and 4 ----------------------------------------------------------------------
-def _shop_stack(bench: Bench, args: argparse.Namespace, *, latency_ms: int,
-                split: bool) -> tuple[str, dict[str, str]]:
-    env = base_env(bench, args, latency_ms=latency_ms)
+def payment_threads(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """``--payment-threads``, else what the operator's ``shop sizing --threads`` says for
+    the case's settings (its provider budget) and ``--payment-latency-ms``."""
+    if args.payment_threads:
+        return int(args.payment_threads)
+    out = subprocess.run([sys.executable, "-m", "shop.cli", "sizing", "--threads",
+                          "--latency-ms", str(args.payment_latency_ms)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def _shop_stack(bench: Bench, args: argparse.Namespace, *, latency_ms: int, split: bool,
+                env: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    env = env or base_env(bench, args, latency_ms=latency_ms)
     if split:  # docs/operations.md "Production": payments on a threads pool, the rest in prefork
+        threads = payment_threads(args, env)
+        args.sized_threads = threads
         bench.start_worker("worker", "shop", env=env, concurrency=args.concurrency,
                            pool=args.pool, queues="orders,notifications,reports")
-        bench.start_worker("payments", "shop", concurrency=args.payment_threads,
+        bench.start_worker("payments", "shop", concurrency=threads,
                            pool="threads", queues="payments",
-                           env={**env, "SHOP_DB_POOL_SIZE": str(args.payment_threads)})
+                           env={**env, "SHOP_DB_POOL_SIZE": str(threads)})
     else:
         bench.start_worker("worker", "shop", env=env, concurrency=args.concurrency,
                            pool=args.pool)
@@ -203,6 +231,94 @@ def shop_split(bench: Bench, args: argparse.Namespace) -> Result:
     run_orders(bench, args, base, env, count=args.warmup, start=0)
     return Result("shop_split", run_orders(bench, args, base, env, count=args.orders,
                                            start=args.warmup))
+
+
+def burst(bench: Bench, args: argparse.Namespace) -> Result:
+    """A sale: ``--burst-orders`` posted as fast as the API takes them, against the dummy
+    with Stripe's live limits enforced (429 past them) and ``--payment-latency-ms`` per
+    call, the shop's budget set to the same limits, case 4's processes with the payments
+    pool from ``shop sizing``. Drain rate, 429s, every order confirmed once, and the
+    time from placed to confirmed."""
+    account, endpoint = (float(x) for x in args.burst_limits.split(","))
+    env = base_env(bench, args, latency_ms=args.payment_latency_ms,
+                   SHOP_DUMMY_PAYMENT_LIMITS=f"{account:g},{endpoint:g}",
+                   SHOP_STRIPE_MAX_RPS=f"{account:g}", SHOP_STRIPE_ENDPOINT_RPS=f"{endpoint:g}")
+    base, env = _shop_stack(bench, args, latency_ms=args.payment_latency_ms, split=True,
+                            env=env)
+    run_orders(bench, args, base, env, count=args.warmup, start=0)
+    time.sleep(2)  # the budget's buckets refill: the burst starts from an idle provider
+    engine = create_engine(env["SHOP_DATABASE_URL"], pool_size=1)
+    with engine.connect() as conn:
+        since: dt.datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    took: list[float] = []
+    started = time.time()
+    count, profile = args.burst_orders, _spy(bench, args, ("payments", "worker"))
+    try:
+        load.place(base, "/v1/orders", orders=count, clients=args.burst_clients,
+                   start=args.warmup, took=took)
+        accepted = time.time() - started
+
+        def confirmed() -> bool:
+            with engine.connect() as conn:
+                done = int(conn.execute(CONFIRMED_SINCE, {"since": since}).scalar_one())
+            return done >= count
+
+        wait_for(confirmed, timeout=args.timeout, interval=0.5, bench=bench,
+                 what=f"{count} burst orders to be confirmed")
+    finally:
+        notes = _stop_spies(profile)
+    with engine.connect() as conn:
+        rows = conn.execute(BURST_ORDERS, {"since": since}).all()
+    engine.dispose()
+    statuses = [row[0] for row in rows]
+    confirmed_at = [row[2] for row in rows if row[2] is not None]
+    waits = sorted((row[2] - row[1]).total_seconds() for row in rows if row[2] is not None)
+    last = max(confirmed_at)
+    limited = DummyLimits(Path(env["SHOP_DATA_DIR"]) / "dummy_payments",
+                          account_rps=account, endpoint_rps=endpoint).limited()
+    took.sort()
+    figures = {
+        "orders": len(rows), "confirmed": statuses.count("confirmed"),
+        "confirmed_once": sum(1 for row in rows if row[3] == 1 and row[4] == 1),
+        "limited": limited, "accept_rate": len(took) / accepted,
+        "post_p50": 1000 * took[len(took) // 2], "post_p99": 1000 * took[int(len(took) * .99)],
+        "p50": waits[len(waits) // 2], "p99": waits[int(len(waits) * .99)],
+        "ceiling": min(endpoint, account / 2), "account_rps": account, "endpoint_rps": endpoint,
+        "threads": float(args.sized_threads),
+    }
+    rate = count / (last.timestamp() - started)
+    return Result("burst", rate, figures, note=notes)
+
+
+def _spy(bench: Bench, args: argparse.Namespace,
+         names: tuple[str, ...]) -> list[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """py-spy on the named processes (a prefork worker's children), when ``--profile``."""
+    if not args.profile:
+        return []
+    spy = Path(sys.executable).with_name("py-spy")
+    targets: dict[str, int] = {}
+    for name in names:
+        pids = bench.pids(name)
+        for pid in (pids[1:] if len(pids) > 1 and name != "payments" else pids[:1]):
+            targets[f"{name}-{pid}"] = pid
+    spies = []
+    for name, pid in targets.items():
+        out = bench.work / f"profile-{name}.txt"
+        spies.append((name, out, subprocess.Popen(
+            [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+             "--output", str(out), "--nonblocking", *(["--threads"] if name.startswith(
+                 "payments") else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)))
+    time.sleep(1)
+    return spies
+
+
+def _stop_spies(spies: list[tuple[str, Path, subprocess.Popen[bytes]]]) -> str:
+    for _, _, proc in spies:
+        os.killpg(proc.pid, signal.SIGINT)
+    for _, _, proc in spies:
+        proc.wait(timeout=60)
+    return ("profiles: " + ", ".join(str(out) for _, out, _ in spies)) if spies else ""
 
 
 def profiled(bench: Bench, args: argparse.Namespace, base: str,
@@ -274,6 +390,10 @@ def cost(bench: Bench, args: argparse.Namespace) -> Result:
     if out.returncode != 0 or match is None:
         raise RuntimeError(f"the cost test failed:\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
     figures = {k: float(v) for k, v in re.findall(r"'(\w+)': (\d+)", match.group(1))}
+    others = re.search(r"provider calls: happy path \d+, declined (\d+), 3-D Secure (\d+)",
+                       out.stdout)
+    if others:
+        figures["declined_calls"], figures["three_ds_calls"] = map(float, others.groups())
     return Result("cost", None, figures)
 
 
@@ -302,6 +422,8 @@ def memory(bench: Bench, args: argparse.Namespace) -> Result:
 CASES = {
     "ceiling": ceiling, "naive": naive, "shop": shop, "shop_latency": shop_latency,
     "checkout_api": checkout_api, "cost": cost, "memory": memory, "shop_split": shop_split,
+    "burst": burst,
 }
-DEFAULT_CASES = ["ceiling", "naive", "shop", "shop_split", "shop_latency", "checkout_api", "cost",
-                 "memory"]
+# Issue 19's targets; ``naive`` (case 2) and ``memory`` (case 7) run when named.
+DEFAULT_CASES = ["cost", "ceiling", "shop", "shop_split", "shop_latency", "burst",
+                 "checkout_api"]

@@ -27,12 +27,16 @@ BODY = {
 }
 
 
-def place(base: str, path: str, *, orders: int, clients: int, start: int = 0) -> list[str]:
-    """POST ``orders`` checkouts with ``clients`` connections at once; returns the ids."""
-    return asyncio.run(_place(base, path, orders=orders, clients=clients, start=start))
+def place(base: str, path: str, *, orders: int, clients: int, start: int = 0,
+          took: list[float] | None = None) -> list[str]:
+    """POST ``orders`` checkouts with ``clients`` connections at once; returns the ids
+    (and appends each POST's seconds to ``took``)."""
+    return asyncio.run(_place(base, path, orders=orders, clients=clients, start=start,
+                              took=took))
 
 
-async def _place(base: str, path: str, *, orders: int, clients: int, start: int) -> list[str]:
+async def _place(base: str, path: str, *, orders: int, clients: int, start: int,
+                 took: list[float] | None = None) -> list[str]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(start, start + orders):
         queue.put_nowait(i)
@@ -44,8 +48,11 @@ async def _place(base: str, path: str, *, orders: int, clients: int, start: int)
             while not queue.empty():
                 i = queue.get_nowait()
                 for _ in range(20):
+                    sent = time.perf_counter()
                     r = await client.post(path, json=BODY,
                                           headers={"Idempotency-Key": f"bench-{i}"})
+                    if took is not None:
+                        took.append(time.perf_counter() - sent)
                     if r.status_code != 429:
                         break
                     await asyncio.sleep(float(r.headers.get("Retry-After", "0.1")))

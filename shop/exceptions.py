@@ -18,11 +18,13 @@ class TransientError(Exception):
 
 
 class SlowDown(TransientError):
-    """Asked to wait ``retry_after`` seconds before trying again."""
+    """Asked to wait ``retry_after`` seconds before trying again; ``exact``: at that
+    moment, not later (a booked slot), so the retry is not spread out."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, *, exact: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.exact = exact
 
 
 class PermanentError(Exception):

@@ -1,4 +1,4 @@
-"""The ``shop`` command: migrate, seed, relay, dev, report, orders, reconcile, doctor,
+"""The ``shop`` command: migrate, seed, relay, dev, report, orders, reconcile, doctor, sizing,
 settings-doc, broker.
 
 A bad ``SHOP_`` setting ends any command with one line on stderr and exit status 2.
@@ -87,6 +87,30 @@ def _doctor(_: argparse.Namespace) -> int:
         print(finding.line(), flush=True)
     print(doctor.summary(findings))
     return 1 if any(f.status == "FAIL" for f in findings) else 0
+
+
+def _sizing(args: argparse.Namespace) -> int:
+    """Print the payments worker's pool for the provider budget and latency."""
+    from shop.payments import sizing
+    from shop.payments.budget import Limits
+
+    limits = get_settings().provider_limits
+    budget = None if limits is None else Limits(account_rps=limits[0], endpoint_rps=limits[1])
+    shape = sizing.size(budget, latency_ms=args.latency_ms, orders_per_second=args.rate)
+    if args.threads:
+        print(shape.threads)
+        return 0
+    shown = budget or sizing.STRIPE_LIVE
+    print(f"provider budget: {shown.account_rps:g} requests/s for the account, "
+          f"{shown.endpoint_rps:g} per endpoint"
+          + (" (unpaced: Stripe's live limits assumed)" if budget is None else ""))
+    print(f"ceiling: {sizing.ceiling(shown):.1f} orders/s at {sizing.CALLS_PER_ORDER} "
+          "calls per order")
+    print(f"at {shape.orders_per_second:.1f} orders/s ({shape.calls_per_second:.1f} calls/s) "
+          f"and {shape.latency_ms:g} ms per call:")
+    print(f"  payments worker: --pool threads --concurrency {shape.threads}")
+    print(f"  SHOP_DB_POOL_SIZE={shape.threads} (one connection per thread)")
+    return 0
 
 
 def _settings_doc(args: argparse.Namespace) -> int:
@@ -264,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
         run=_reconcile)
     sub.add_parser("doctor", help="check the configuration and that every service "
                    "answers; exit 1 when something is wrong").set_defaults(run=_doctor)
+    sizing = sub.add_parser("sizing", help="the payments worker's threads for the provider "
+                            "budget and latency (docs/deployment.md)")
+    sizing.add_argument("--latency-ms", type=float, default=300.0,  # sizing.DEFAULT_LATENCY_MS
+                        help="the provider's usual time per call (default 300)")
+    sizing.add_argument("--rate", type=float, default=None, metavar="ORDERS_PER_S",
+                        help="orders a second to size for (default: the budget's ceiling)")
+    sizing.add_argument("--threads", action="store_true",
+                        help="print only the thread count (for --concurrency)")
+    sizing.set_defaults(run=_sizing)
     settings = sub.add_parser("settings-doc", help="print the settings page (docs/settings.md) "
                               "written from the code")
     settings.add_argument("--env", action="store_true",

@@ -101,7 +101,7 @@ class FaultyGateway(WrappedGateway):
         super().__init__(inner)
         self.path = path
 
-    def around(self, op: str, call: Callable[[], T]) -> T:
+    def around(self, op: str, call: Callable[[], T], key: str | None = None) -> T:
         rule = take_rule(self.path, op, at=time.time())
         mode = rule.get("mode") if rule else None
         if mode == "hang":

@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 class MeteredGateway(WrappedGateway):
-    def around(self, op: str, call: Callable[[], T]) -> T:
+    def around(self, op: str, call: Callable[[], T], key: str | None = None) -> T:
         started, outcome = time.perf_counter(), "ok"
         try:
             return call()

@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 class TracedGateway(WrappedGateway):
-    def around(self, op: str, call: Callable[[], T]) -> T:
+    def around(self, op: str, call: Callable[[], T], key: str | None = None) -> T:
         with tracing.span(f"payments.{op}", kind=SpanKind.CLIENT,
                           **{"shop.provider": self.name, "shop.provider.operation": op}):
             return call()

@@ -4,6 +4,7 @@ buckets live in the database, so processes need no share of their own."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 import subprocess
@@ -13,12 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shop.db import Base, build_engine, get_sessionmaker
-from shop.payments.budget import ACCOUNT, Budget, BudgetedGateway, Limits
+from shop.payments.budget import (
+    ACCOUNT,
+    HOLD,
+    LATE,
+    Budget,
+    BudgetedGateway,
+    Limits,
+    slot_name,
+)
 from shop.payments.dummy import DummyGateway
 from shop.payments.gateway import ENDPOINTS, PaymentRateLimited
+from shop.payments.models import RateBucket
 
 CALLER = """
 import json, sys, time
@@ -162,3 +173,60 @@ def test_the_shared_budget_keeps_the_dummy_from_ever_answering_429(
     assert dummy.limits is not None
     assert dummy.limits.limited() == 0
     assert len(made) >= 12  # about 4.5/s for 3 s
+
+
+def test_a_keyed_call_far_from_its_slot_books_it_and_uses_it_when_it_comes_back(
+        session: Session) -> None:
+    """Five creates at once on an endpoint of 1/s (0.95 after the headroom): the first
+    goes, the others book slots a refill period apart and are told to come back just
+    before them (exactly); coming back, each finds its slot and is not charged again."""
+    limits = Limits(account_rps=100, endpoint_rps=1)
+    budget = Budget(sessions=get_sessionmaker(), limits=limits, sleep=time.sleep)
+    started = time.monotonic()
+    budget.wait_turn("create_intent", key="order-0")
+    back: dict[str, float] = {}
+    for n in range(1, 5):
+        with pytest.raises(PaymentRateLimited) as slow:
+            budget.wait_turn("create_intent", key=f"order-{n}")
+        assert slow.value.exact
+        back[f"order-{n}"] = time.monotonic() + slow.value.retry_after
+    period = 1 / limits.rate("create_intent")
+    offsets = [at - started for at in back.values()]
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert gaps == pytest.approx([period] * 3, abs=0.1)  # one refill period apart
+    assert offsets[0] == pytest.approx(period - HOLD / 2, abs=0.2)
+    made = []
+    for key, at in back.items():  # each comes back when told, and its call is made
+        time.sleep(max(0.0, at - time.monotonic()))
+        budget.wait_turn("create_intent", key=key)
+        made.append(time.monotonic() - started)
+    # each at its slot (a loaded machine's sleeps and transactions may run a little late)
+    assert made == pytest.approx([period * n for n in range(1, 5)], abs=0.25)
+    # the booked slots were the endpoint's: the next new call queues behind all four
+    assert budget.take("create_intent") == pytest.approx(period, abs=0.1)
+
+
+def test_a_booking_nobody_comes_back_for_only_costs_its_slot(session: Session) -> None:
+    budget = Budget(sessions=get_sessionmaker(), limits=Limits(account_rps=100, endpoint_rps=1),
+                    sleep=lambda _: None)
+    budget.wait_turn("create_intent", key="a")
+    with pytest.raises(PaymentRateLimited):
+        budget.wait_turn("create_intent", key="gone")
+    rows = session.scalars(select(RateBucket.name)).all()
+    assert slot_name("gone") in rows
+    assert len(slot_name("x" * 300)) <= 64  # fits the name column, whatever the key
+
+
+def test_a_booking_come_back_to_late_is_void_so_late_calls_never_bunch(
+        session: Session) -> None:
+    """A slot is a moment: a call that comes back well after its booked slot (its worker
+    was busy) takes a fresh one instead of going now, beside the calls of its new slot."""
+    limits = Limits(account_rps=100, endpoint_rps=1)
+    budget = Budget(sessions=get_sessionmaker(), limits=limits, sleep=lambda _: None)
+    budget.wait_turn("create_intent", key="first")
+    with pytest.raises(PaymentRateLimited) as slow:
+        budget.wait_turn("create_intent", key="late")
+    time.sleep(slow.value.retry_after + HOLD / 2 + LATE + 0.05)  # past its slot
+    with pytest.raises(PaymentRateLimited) as again:  # not at once, on a slot gone by
+        budget.wait_turn("create_intent", key="late")
+    assert again.value.exact  # a fresh slot, booked one refill period on
