@@ -225,3 +225,36 @@ def test_the_cli_shows_the_shipments(session: Session, gateway: FakeGateway,
     assert "fulfillment: shipped" in shown.stdout
     assert "shipment p1  MUG x3  DHL TRK-p1" in shown.stdout
     assert "cannot ship TEE x1  damaged  not refunded yet" in shown.stdout
+
+
+def test_an_order_with_shipped_units_or_a_line_refund_under_way_is_not_cancelled(
+        client: Any, session: Session, gateway: FakeGateway) -> None:
+    """Cancelling would refund goods the customer has, or refund twice what a line refund
+    has reserved: 409, and nothing moves; a person refunds lines instead."""
+    shipped_id, request_id = confirmed(session, gateway)
+    apply(session, shipped(shipped_id, request_id, {"MUG": 1}, shipment_id="p1"))
+    session.commit()
+    before = stock(session)
+    session.commit()  # the API's own transaction, not one the test holds (SQLite)
+    answer = client.post(f"/admin/orders/{shipped_id}/cancel", headers=BEARER)
+    assert answer.status_code == 409, answer.text
+    assert "refund its lines" in answer.text
+    assert stock(session) == before
+    assert payment_of(session, shipped_id).amount_refunded == 0
+    session.commit()
+
+    refunding_id, _ = confirmed(session, gateway)
+    answer = client.post(f"/admin/orders/{refunding_id}/refunds", headers=BEARER,
+                         json={"lines": [{"sku": "TEE", "quantity": 1, "restock": True}],
+                               "reason": "damaged"})
+    assert answer.status_code == 202, answer.text
+    session.expire_all()
+    [refund] = session.scalars(select(RefundRequest).where(
+        RefundRequest.order_id == refunding_id)).all()
+    assert refund.status == "pending"  # queued for the payments worker, none runs here
+    session.commit()
+    answer = client.post(f"/admin/orders/{refunding_id}/cancel", headers=BEARER)
+    assert answer.status_code == 409, answer.text
+    assert "line refund under way" in answer.text
+    session.expire_all()
+    assert status(session, refunding_id) == "requested"

@@ -26,6 +26,7 @@ from shop.orders.admin.views import detail_view, summary_views
 from shop.orders.flow import advance, compensate, enqueue
 from shop.orders.models import Attention, FulfillmentRequest, Order
 from shop.orders.queries import OrderNotFound, load
+from shop.orders.refunds.models import OPEN, RefundRequest
 from shop.orders.schemas import AdminOrderDetail, AdminOrderPage
 from shop.orders.states import Event, OrderStatus, Stage, Step
 from shop.orders.workflow.table import TaskName
@@ -156,10 +157,21 @@ def retry_many(session: Session, *, step: str | None, reason: str | None, limit:
 
 
 def cancel(session: Session, *, order_id: uuid.UUID, actor: str) -> Order:
-    """Cancel an order: stock released, payment cancelled or refunded at the provider."""
+    """Cancel an order: stock released, payment cancelled or refunded at the provider.
+
+    Not once goods have left the shelf (a person refunds lines instead, deciding what
+    comes back), nor while a line refund is open: cancelling would refund what that
+    refund has reserved a second time."""
     with _held(session, order_id=order_id, actor=actor) as order:
         if order.current_stage is Stage.CANCELLED:
             raise OrderConflict(f"order {order_id} is already cancelled")
+        if any(line.shipped for line in order.lines):
+            raise OrderConflict(f"order {order_id} has shipped units: refund its lines "
+                                "instead (POST /admin/orders/{id}/refunds)")
+        if session.scalar(select(exists().where(RefundRequest.order_id == order.id,
+                                                RefundRequest.status.in_(OPEN)))):
+            raise OrderConflict(f"order {order_id} has a line refund under way: cancel it "
+                                "once that refund has settled")
         compensate(session, order=order)
         advance(session, order=order, event=Event.CANCELLED, detail={"by": actor},
                 actor=actor)
