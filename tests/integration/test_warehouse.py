@@ -178,6 +178,19 @@ def test_a_message_the_shop_cannot_read_is_invalid(body: bytes, amqp_id: str) ->
         parse(routing_key="fulfillment.delivered", body=body, message_id=amqp_id)
 
 
+@pytest.mark.parametrize("field", ["on_hand", "quantity"])
+def test_a_count_past_what_the_database_holds_is_invalid_not_retried(field: str) -> None:
+    """2^31 would overflow PostgreSQL's integer columns mid-transaction: refused on
+    parsing (dead-lettered with a reason), not retried until the delivery bound."""
+    order_id, request_id = uuid.uuid4(), uuid.uuid4()
+    big = 2**31
+    body = cannot_fulfil(order_id, request_id, {"MUG": big if field == "quantity" else 1},
+                         on_hand={"MUG": big} if field == "on_hand" else {"MUG": 0})
+    with pytest.raises(Invalid):
+        parse(routing_key="fulfillment.cannot_fulfil", body=json.dumps(body).encode(),
+              message_id=body["message_id"])
+
+
 def test_a_quantity_as_a_string_is_not_coerced() -> None:
     body = shipped(uuid.uuid4(), uuid.uuid4(), {"MUG": 1}, shipment_id="p")
     body["lines"][0]["quantity"] = "1"

@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shop.orders.schemas import MAX_STOCK
+
 SHIPPED = "fulfillment.shipped"
 CANNOT_FULFIL = "fulfillment.cannot_fulfil"
 DELIVERED = "fulfillment.delivered"
@@ -72,8 +74,8 @@ class Shipped(_WithLines):
 
 class CannotFulfil(_WithLines):
     reason: Text
-    on_hand: dict[Sku, Annotated[int, Field(ge=0)]] = Field(default_factory=dict,
-                                                             max_length=100)
+    on_hand: dict[Sku, Annotated[int, Field(ge=0, le=MAX_STOCK)]] = Field(
+        default_factory=dict, max_length=100)  # what a product's stock may be (PUT)
 
 
 class Delivered(_Message):
