@@ -18,18 +18,20 @@ needs no arithmetic.
   than the moment it leaves, so a late thread cannot bunch calls together.
 - Money already decided goes first: captures, refunds and cancels may empty the
   account's bucket; creates leave ``RESERVE`` of it to them.
-- A keyed call (one with an idempotency key: a create, a capture, a refund) whose turn
-  is further off than ``HOLD``, or that has waited ``HOLD`` among others, books a
-  *slot*: the endpoint's token is taken for that moment and a row
-  ``slot:<hash of the key>`` remembers it, and the step is retried just
-  before it (``PaymentRateLimited`` with ``exact``; not counted as a failure). The
-  retried step finds its booking and uses it at its moment; one that comes back more
-  than ``LATE`` after its slot takes a fresh one (a slot is a moment, so late calls never bunch).
-  A thousand orders queued behind the create endpoint thus cost two runs of the
-  payment step each, not one every few seconds, and a worker thread never sits for
-  long on a call that is not due.
-- A keyless call (a retrieve) waits at most ``MAX_PACING_WAIT``; beyond that it is not
-  made and the step is retried later.
+- A keyed call (one with an idempotency key: a create, a capture, a refund) that must
+  wait *books* the endpoint's next slot when it is due within what is left of the
+  call's wait: the endpoint's token is taken for that moment, a row
+  ``slot:<hash of the key>`` remembers it, and the thread sleeps until then and uses
+  it. Callers behind a busy endpoint thus queue in the budget, first come first
+  served, at one transaction to book and one to go, instead of polling in a herd. A
+  booking come back to more than ``LATE`` after its slot (its thread woke late) takes
+  a fresh one: a slot is a moment, so late calls never bunch.
+- A call whose turn is further off than the longest it may wait (``MAX_PACING_WAIT``,
+  within the step's time limit) books nothing: it sleeps that long (the pool's thread
+  is the backpressure, and no token is held for a moment nobody may come back at),
+  looks once more, and is then not made; the step is retried later
+  (``PaymentRateLimited``, not counted as a failure). A slot booked for a step retried
+  through the broker would come back behind the queue it left, late, and be lost.
 
 The cost is one round trip to the database per provider call (two for a booked one),
 about a millisecond each, against a provider call of 100 ms or more.
@@ -64,7 +66,6 @@ HEADROOM = 0.9
 RESERVE = 0.5  # of the account's burst, kept by creates for captures, refunds and cancels
 ACCOUNT = "account"
 FIRST = frozenset({"capture", "refund", "cancel"})
-HOLD = 0.5  # the longest a keyed call sleeps in its thread for its slot; further: booked
 LATE = 0.05  # a booking come back to later than this after its slot is void: calls made
 # late on the slots they booked would reach the provider together, over its limit
 SLOT = "slot:"  # the name prefix of a booked slot's row
@@ -107,40 +108,29 @@ class Budget:
 
     def wait_turn(self, op: str, max_wait: float = MAX_PACING_WAIT,
                   key: str | None = None) -> None:
-        """Return once ``op`` may call the provider. ``PaymentRateLimited`` instead of
-        waiting longer than ``max_wait`` (a keyed call: ``HOLD``), after booking the
-        keyed call's slot; its ``retry_after`` is then the time to come back."""
-        hold = min(max_wait, HOLD) if key is not None else max_wait
+        """Return once ``op`` may call the provider: at once, or after sleeping until its
+        booked slot (a keyed call) or until its tokens are there. ``PaymentRateLimited``
+        instead of waiting longer than ``max_wait`` in all; its ``retry_after`` is then
+        the time the tokens still need."""
         waited = 0.0
         while True:
-            wait, far = self._turn(op, key=key, hold=hold)
+            left = max_wait - waited
+            wait = self._turn(op, key=key, within=left)
             if wait <= 0:
                 return
-            if key is not None and not far and waited + wait > hold:
-                # waited its fill among others: book the slot instead (behind it, the
-                # next callers book theirs, and the queue forms in the budget)
-                wait, far = self._turn(op, key=key, hold=hold, book=True)
-                if wait <= 0:
-                    return
-            endpoint = ENDPOINTS.get(op, op)
-            if far:
-                raise PaymentRateLimited(
-                    f"provider budget: {endpoint} booked in {wait:.2f}s",
-                    retry_after=max(0.0, wait - hold / 2), exact=True)
-            if waited + wait > hold:
-                raise PaymentRateLimited(f"provider budget: {endpoint} is at its limit for "
-                                         f"{wait:.2f}s", retry_after=wait)
-            self._sleep(wait)
-            waited += wait
+            if left <= 0:
+                raise PaymentRateLimited(f"provider budget: {ENDPOINTS.get(op, op)} is at "
+                                         f"its limit for {wait:.2f}s", retry_after=wait)
+            self._sleep(min(wait, left))
+            waited += min(wait, left)
 
     def take(self, op: str) -> float:
         """Take the call's tokens now (0.0), or say how long until they are there."""
-        return self._turn(op, key=None, hold=float("inf"))[0]
+        return self._turn(op, key=None, within=0.0)
 
-    def _turn(self, op: str, *, key: str | None, hold: float,
-              book: bool = False) -> tuple[float, bool]:
-        """Take the tokens now (0.0), or the time until they are there, and whether the
-        keyed call's slot is booked (further than ``hold`` away, or when ``book``)."""
+    def _turn(self, op: str, *, key: str | None, within: float) -> float:
+        """Take the tokens now (0.0), or the time until they are there; a keyed call's
+        slot is booked for that moment if it is no further than ``within``."""
         endpoint = ENDPOINTS.get(op, op)
         buckets = sorted({ACCOUNT, endpoint})
         slot = slot_name(key) if key is not None else None
@@ -167,10 +157,10 @@ class Budget:
                 session.commit()
                 metrics.PROVIDER_BUDGET_HEADROOM.labels(bucket=ACCOUNT).set(
                     levels[ACCOUNT] - 1.0)
-                return 0.0, False
-            if slot is None or booking is not None or not (waits[endpoint] > hold or book):
+                return 0.0
+            if slot is None or booking is not None or not 0 < waits[endpoint] <= within:
                 session.rollback()
-                return wait, booking is not None and (wait > hold or book)
+                return wait
             # Book the endpoint's slot; the account's token is taken when it is used.
             self._spend(rows[endpoint], levels[endpoint], now)
             session.execute(delete(RateBucket).where(RateBucket.name.startswith(SLOT),
@@ -183,7 +173,7 @@ class Budget:
             else:
                 session.add(RateBucket(name=slot, tokens=0.0, updated_at=at))
             session.commit()
-            return wait, True
+            return wait
 
     def _locked(self, session: Session, buckets: list[str],
                 slots: list[str]) -> dict[str, RateBucket]:

@@ -3,7 +3,7 @@
 A payment step holds its thread for the whole provider call, so the calls in flight at
 once are the threads needed (Little's law): orders/s x calls per order x (provider
 latency + the step's own work), plus, for each create, the short sleep until its slot
-in the shared budget (at most ``HOLD``: half of it on average), and ``MARGIN`` for
+in the shared budget (``SLOT_WAIT`` on average at the ceiling), and ``MARGIN`` for
 retries and uneven arrivals. Fewer threads than that and the pool, not the provider,
 sets the rate; the budget (``shop.payments.budget``) already keeps the rate within the
 provider's, so more threads cost only idle memory and database connections (one each:
@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from shop.payments.budget import HOLD, Limits
+from shop.payments.budget import Limits
 
 CALLS_PER_ORDER = 2  # create-and-confirm, capture (tests/integration/test_cost_per_order.py)
 STEP_SECONDS = 0.05  # a payment step's own database and broker work around its call
 MARGIN = 1.5
+SLOT_WAIT = 0.25  # a create's average sleep until its booked slot when the budget is the wall
 STRIPE_LIVE = Limits(account_rps=100.0, endpoint_rps=25.0)
 DEFAULT_LATENCY_MS = 300
 
@@ -48,7 +49,7 @@ def ceiling(limits: Limits) -> float:
 def threads(orders_per_second: float, latency_ms: float) -> int:
     """Threads the payments worker needs for ``orders_per_second`` at ``latency_ms`` per
     provider call (at least 2)."""
-    per_order = CALLS_PER_ORDER * (latency_ms / 1000 + STEP_SECONDS) + HOLD / 2
+    per_order = CALLS_PER_ORDER * (latency_ms / 1000 + STEP_SECONDS) + SLOT_WAIT
     return max(2, math.ceil(orders_per_second * per_order * MARGIN - 1e-9))
 
 

@@ -11,7 +11,7 @@ import yaml
 from shop.cli.main import main
 from shop.config import get_settings
 from shop.payments import sizing
-from shop.payments.budget import HEADROOM, HOLD, Limits
+from shop.payments.budget import HEADROOM, Limits
 
 
 def test_the_ceiling_is_the_create_endpoint_live_and_the_account_in_a_sandbox() -> None:
@@ -22,7 +22,7 @@ def test_the_ceiling_is_the_create_endpoint_live_and_the_account_in_a_sandbox() 
 
 
 def test_threads_follow_rate_times_calls_times_latency() -> None:
-    per_order = 2 * (0.25 + sizing.STEP_SECONDS) + HOLD / 2  # 0.85 s of thread per order
+    per_order = 2 * (0.25 + sizing.STEP_SECONDS) + sizing.SLOT_WAIT  # 0.85 s of thread per order
     assert sizing.threads(25, 250) == 32  # ceil(25 x 0.85 x 1.5 = 31.9)
     assert sizing.threads(25, 250) >= 25 * 2 * 0.25  # at least the calls in flight
     assert sizing.threads(10, 250) == pytest.approx(10 * per_order * sizing.MARGIN, abs=1)
