@@ -57,7 +57,12 @@ from shop import logs, metrics, tracing
 from shop.config import Settings, get_settings
 from shop.db import dispose_engine
 from shop.messaging import dispatch, relay
-from shop.messaging.broker import declare_topology, task_queues, transport_options
+from shop.messaging.broker import (
+    declare_topology,
+    implied_queues,
+    task_queues,
+    transport_options,
+)
 from shop.messaging.models import OutboxMessage
 from shop.orders.fulfillment.consumer import WarehouseConsumer
 from shop.orders.workflow import table
@@ -164,6 +169,18 @@ def _check_reports_at_start(**_: Any) -> None:
         app.send_task(reports_schedule.BUILD_DUE_TASK, expires=reports_schedule.CHECK_EVERY * 5)
     except Exception:  # the broker is down: the regular check catches up instead
         log.warning("could not ask for due reports at start", exc_info=True)
+
+
+@celeryd_after_setup.connect
+def _consume_implied_queues(instance: Any, **_: Any) -> None:
+    """A worker of ``-Q payments`` consumes ``settlements`` too (``broker.IMPLIED``):
+    a deployment's command line from before that queue existed still runs captures."""
+    queues = instance.app.amqp.queues
+    selected = list(queues.consume_from or {})
+    for name in implied_queues(selected) if selected else []:
+        queues.select_add(queues[name])  # the declared queue, not a new one by name
+        log.info("consuming %s as well: it carries what %s did before", name, ", ".join(
+            q for q in selected if name in implied_queues([q])))
 
 
 @celeryd_after_setup.connect

@@ -27,6 +27,7 @@ from pydantic import SecretStr, ValidationError
 from shop import logs
 from shop.cli import broker as broker_commands
 from shop.config import Settings, get_settings, redact_url
+from shop.messaging.broker import QUEUES
 from shop.orders.admin import cli as orders_commands
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def dev_commands(*, host: str, port: int) -> dict[str, list[str]]:
     return {
         "api": [py, "-m", "uvicorn", "shop.api:app", "--host", host, "--port", str(port)],
         "worker": [*celery, "worker", "-l", level, "--concurrency", "2",
-                   "-Q", "orders,payments,notifications,reports", *embedded],
+                   "-Q", ",".join(QUEUES), *embedded],
         "beat": [*celery, "beat", "-l", level, "-s",
                  str(get_settings().data_dir / "celerybeat-schedule")],
         "relay": [py, "-m", "shop.cli", "relay"],

@@ -113,7 +113,8 @@ def test_a_task_queue_without_a_consumer_fails_naming_the_queue(
     upgrade(pg_url)
     with Connection(vhost_url) as conn:
         declare_topology(conn, Settings(broker_url=vhost_url))
-    with consuming(vhost_url, ("orders", "payments", "notifications")):  # none on reports
+    busy = ("orders", "payments", "settlements", "notifications")  # none on reports
+    with consuming(vhost_url, busy):
         done, _ = doctor({"SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
                           "SHOP_DATA_DIR": str(tmp_path)})
     assert done.returncode == 1, done.stdout + done.stderr

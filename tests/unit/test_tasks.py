@@ -23,6 +23,15 @@ def test_every_workflow_task_is_routed_to_its_domain_queue() -> None:
     assert ROUTES["shop.orders.send_confirmation"] == "notifications"
 
 
+def test_money_already_decided_has_its_own_queue_so_creates_never_stand_before_it() -> None:
+    """A sale's backlog of charges on ``payments`` would hold every capture behind it,
+    and the two provider endpoints would take turns instead of working together."""
+    decided = ("shop.orders.capture_payment", "shop.payments.void_payment",
+               "shop.orders.refund_lines")
+    assert {ROUTES[name] for name in decided} == {"settlements"}
+    assert "settlements" not in {ROUTES[n] for n in SHOP_TASKS if n not in decided}
+
+
 @pytest.mark.parametrize("name", SHOP_TASKS)
 def test_tasks_ack_late_requeue_on_worker_loss_and_leave_bounding_to_us(name: str) -> None:
     task = app.tasks[name]
@@ -151,7 +160,7 @@ def test_on_rabbitmq_queues_are_quorum_durable_dead_lettering_with_publisher_con
     assert settings.broker_queue_type == "quorum"
     assert transport_options(settings) == {"confirm_publish": True}
     queues = {q.name: q for q in task_queues(settings)}
-    assert set(queues) == {"orders", "payments", "notifications", "reports"}
+    assert set(queues) == {"orders", "payments", "settlements", "notifications", "reports"}
     for name, queue in queues.items():
         assert queue.durable is True
         assert queue.exchange.type == "topic"  # native delayed delivery routes on topic
@@ -165,7 +174,7 @@ def test_on_rabbitmq_queues_are_quorum_durable_dead_lettering_with_publisher_con
 
 def test_classic_queues_are_declared_as_earlier_releases_declared_them() -> None:
     from shop.config import Settings
-    from shop.messaging.broker import owned_queues, task_queues
+    from shop.messaging.broker import QUEUES, owned_queues, task_queues
 
     settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//",
                         broker_queue_type="classic")
@@ -175,7 +184,7 @@ def test_classic_queues_are_declared_as_earlier_releases_declared_them() -> None
                                          "x-dead-letter-exchange": "shop.dlx",
                                          "x-dead-letter-routing-key": queue.name}
     # RabbitMQ takes x-queue-type classic as equivalent to no argument at all
-    assert {q.name: q.queue_arguments for q in owned_queues(settings)[4:]} == {
+    assert {q.name: q.queue_arguments for q in owned_queues(settings)[len(QUEUES):]} == {
         name: {"x-queue-type": "classic"}
         for name in ("shop.dead_letter", "shop.fulfillment", "shop.fulfillment_cancellations")
     } | {"shop.warehouse": {"x-queue-type": "classic", "x-dead-letter-exchange": "shop.dlx"}}
@@ -186,7 +195,7 @@ def test_the_embedded_broker_has_no_queue_types(tmp_path: Any) -> None:
     from shop.messaging.broker import countdown, owned_queues
 
     settings = Settings(broker_url=f"filesystem://{tmp_path}/b", broker_queue_type="quorum")
-    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 8
+    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 9
     assert countdown(settings, 0.25) == 0.25
 
 
@@ -318,3 +327,26 @@ def test_a_booked_slot_is_come_back_to_on_time_however_many_times_it_waited(
                            lambda *_: pytest.fail("not a failure"))
         assert retried.value.countdown == 42.0
     assert "msg-1:failures" not in counts
+
+
+def test_a_worker_of_payments_consumes_settlements_too_as_command_lines_before_it_said() -> None:
+    """``-Q payments`` was the whole payments worker before ``settlements`` existed: such
+    a worker still takes captures, voids and refunds (the declared queue, not a new
+    queue by that name on the default exchange)."""
+    from types import SimpleNamespace
+
+    from shop.celery import _consume_implied_queues
+
+    queues = app.amqp.queues
+    declared = queues["settlements"]
+    before = queues.consume_from
+    try:
+        queues.select(["orders", "payments"])
+        _consume_implied_queues(SimpleNamespace(app=app))
+        assert list(queues.consume_from) == ["orders", "payments", "settlements"]
+        assert queues.consume_from["settlements"] is declared
+        queues.select(["orders", "notifications"])  # no payments: nothing implied
+        _consume_implied_queues(SimpleNamespace(app=app))
+        assert list(queues.consume_from) == ["orders", "notifications"]
+    finally:
+        queues._consume_from = before

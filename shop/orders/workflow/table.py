@@ -94,7 +94,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec(TaskName.RESERVE_STOCK, "orders", stage=Stage.AUTHORIZED,
              done=Event.STOCK_RESERVED, give_up=GiveUp.FAIL,
              fails_as=(Step.RESERVATION, "timeout"), swept=True),
-    StepSpec(TaskName.CAPTURE_PAYMENT, "payments", PAYMENT_LIMITS, stage=Stage.RESERVED,
+    StepSpec(TaskName.CAPTURE_PAYMENT, "settlements", PAYMENT_LIMITS, stage=Stage.RESERVED,
              done=Event.PAYMENT_CAPTURED, give_up=GiveUp.HOLD, swept=True),
     StepSpec(TaskName.SEND_CONFIRMATION, "notifications", stage=Stage.CONFIRMED,
              give_up=GiveUp.FLAG, swept=True, outage_to_sweeper=True,
@@ -103,7 +103,7 @@ STEPS: tuple[StepSpec, ...] = (
              give_up=GiveUp.FLAG, swept=True,
              flags=(Kind.FULFILLMENT_FAILED, "the warehouse request failed")),
     # Jobs: not a stage of the chain.
-    StepSpec(TaskName.RELEASE_PAYMENT, "payments", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
+    StepSpec(TaskName.RELEASE_PAYMENT, "settlements", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
              flags=(Kind.RELEASE_FAILED, "the payment could not be released at the provider")),
     StepSpec(TaskName.HANDLE_PAYMENT_EVENT, "payments", PAYMENT_LIMITS),
     StepSpec(TaskName.RESUME_STUCK, "orders"),
@@ -113,7 +113,7 @@ STEPS: tuple[StepSpec, ...] = (
              flags=(Kind.EMAIL_FAILED, "a shipping email failed")),
     StepSpec(TaskName.SEND_LINE_REFUND_EMAIL, "notifications", give_up=GiveUp.FLAG,
              flags=(Kind.EMAIL_FAILED, "a line-refund email failed")),
-    StepSpec(TaskName.REFUND_LINES, "payments", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
+    StepSpec(TaskName.REFUND_LINES, "settlements", PAYMENT_LIMITS, give_up=GiveUp.FLAG,
              flags=(Kind.REFUND_FAILED, "the line refund did not go through")),
 )
 
