@@ -167,7 +167,7 @@ def _shop_stack(bench: Bench, args: argparse.Namespace, *, latency_ms: int, spli
         threads = payment_threads(args, env)
         args.sized_threads = threads
         bench.start_worker("worker", "shop", env=env, concurrency=args.concurrency,
-                           pool=args.pool, queues="orders,notifications,reports")
+                           pool=args.pool, queues="intake,orders,notifications,reports")
         bench.start_worker("payments", "shop", concurrency=threads,
                            pool="threads", queues="payments,settlements",
                            env={**env, "SHOP_DB_POOL_SIZE": str(threads)})

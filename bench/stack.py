@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER_QUEUES = "orders,payments,settlements,notifications,reports"
+WORKER_QUEUES = "intake,orders,payments,settlements,notifications,reports"
 WORKER_FLAGS = ("--without-gossip", "--without-mingle")
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: lines per message
 

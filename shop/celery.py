@@ -173,8 +173,9 @@ def _check_reports_at_start(**_: Any) -> None:
 
 @celeryd_after_setup.connect
 def _consume_implied_queues(instance: Any, **_: Any) -> None:
-    """A worker of ``-Q payments`` consumes ``settlements`` too (``broker.IMPLIED``):
-    a deployment's command line from before that queue existed still runs captures."""
+    """A worker of ``-Q orders`` consumes ``intake`` too, and one of ``-Q payments``
+    ``settlements`` (``broker.IMPLIED``): a deployment's command line from before those
+    queues existed still runs new orders and captures."""
     queues = instance.app.amqp.queues
     selected = list(queues.consume_from or {})
     for name in implied_queues(selected) if selected else []:

@@ -2,12 +2,14 @@
 
 - one durable queue per kind of work (``QUEUES``), each bound to an exchange of its own
   name, each dead-lettering to ``shop.dlx``, so rejected, unknown and poison messages
-  land in ``shop.dead_letter`` instead of vanishing. Money already decided (captures,
-  voids, refunds) has its own queue, ``settlements``, beside ``payments`` (new
-  authorizations): a sale's backlog of creates never stands in front of a capture,
-  and both provider endpoints are used at once. A worker told to consume ``payments``
-  consumes ``settlements`` too (``implied_queues``), so a command line written before
-  that queue existed misses nothing;
+  land in ``shop.dead_letter`` instead of vanishing. New orders enter on ``intake``
+  (their first step) and money already decided (captures, voids, refunds) has its
+  own queue, ``settlements``: in a sale, a backlog of new orders never stands in
+  front of the orders already under way (``orders``: reservations, the warehouse
+  request), nor a backlog of creates (``payments``) in front of a capture, and both
+  provider endpoints are used at once. A worker told to consume ``orders`` consumes
+  ``intake`` too, and one of ``payments`` ``settlements`` (``implied_queues``), so a
+  command line written before those queues existed misses nothing;
 - messages to the warehouse go to the durable topic exchange ``shop.events``; the shop
   owns durable ``shop.fulfillment`` and ``shop.fulfillment_cancellations`` queues bound
   to it, so a request (or its withdrawal) is kept even before the warehouse binds its
@@ -68,9 +70,9 @@ from kombu.transport.native_delayed_delivery import (
 
 from shop.config import Settings, get_settings
 
-QUEUES = ("orders", "payments", "settlements", "notifications", "reports")
+QUEUES = ("orders", "intake", "payments", "settlements", "notifications", "reports")
 # A worker that consumes the first consumes the second as well.
-IMPLIED = {"payments": "settlements"}
+IMPLIED = {"orders": "intake", "payments": "settlements"}
 
 EVENTS_EXCHANGE = "shop.events"
 FULFILLMENT_ROUTING_KEY = "order.fulfillment_requested"
@@ -133,7 +135,7 @@ def task_queues(settings: Settings) -> list[Queue]:
 
 def implied_queues(consumed: list[str]) -> list[str]:
     """Queues a worker consuming ``consumed`` must consume as well and did not name
-    (``-Q payments`` from before ``settlements`` existed)."""
+    (``-Q orders,payments`` from before ``intake`` and ``settlements`` existed)."""
     return [IMPLIED[name] for name in consumed
             if name in IMPLIED and IMPLIED[name] not in consumed]
 

@@ -58,7 +58,7 @@ PLACE_TIMEOUT = 240.0  # how long a storefront keeps retrying one checkout
 RECONCILE_EVERY = 60.0  # beat reconciles every 300 s; the rig asks as often as this
 SKUS = ("MUG-BLUE", "TEE-S", "PEN-BRASS", "NOTE-A5")
 STOCK_SHARE = 0.85  # stock for this share of the expected demand: some orders sell out
-QUEUES = "orders,payments,settlements,notifications,reports"
+QUEUES = "intake,orders,payments,settlements,notifications,reports"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 

@@ -89,7 +89,7 @@ def test_docker_compose_accepts_the_compose_file(deploy_copy: Path) -> None:
     assert services["rabbitmq"]["image"].endswith("-management")
     assert services["migrate"]["command"] == ["shop", "migrate"]
     worker = services["worker"]["command"]
-    assert worker[worker.index("-Q") + 1] == "orders,notifications,reports"
+    assert worker[worker.index("-Q") + 1] == "intake,orders,notifications,reports"
     payments = services["payments-worker"]["command"]
     assert (payments[payments.index("-Q") + 1], payments[payments.index("--pool") + 1]) == (
         "payments,settlements", "threads")
@@ -204,7 +204,7 @@ def test_each_worker_group_of_the_units_names_its_queues_pool_and_concurrency() 
         line.split("=", 1) for line in path.read_text().splitlines()
         if line and not line.startswith("#")) for path in (DEPLOY / "systemd").glob("worker-*.env")}
     assert {name: (env["WORKER_QUEUES"], env["WORKER_POOL"]) for name, env in groups.items()} == {
-        "main": ("orders,notifications,reports", "prefork"),
+        "main": ("intake,orders,notifications,reports", "prefork"),
         "payments": ("payments,settlements", "threads")}
     assert groups["payments"]["SHOP_DB_POOL_SIZE"] == groups["payments"]["WORKER_CONCURRENCY"]
     covered = {q for env in groups.values() for q in env["WORKER_QUEUES"].split(",")}

@@ -113,7 +113,7 @@ def test_a_task_queue_without_a_consumer_fails_naming_the_queue(
     upgrade(pg_url)
     with Connection(vhost_url) as conn:
         declare_topology(conn, Settings(broker_url=vhost_url))
-    busy = ("orders", "payments", "settlements", "notifications")  # none on reports
+    busy = ("intake", "orders", "payments", "settlements", "notifications")  # none on reports
     with consuming(vhost_url, busy):
         done, _ = doctor({"SHOP_DATABASE_URL": pg_url, "SHOP_BROKER_URL": vhost_url,
                           "SHOP_DATA_DIR": str(tmp_path)})
@@ -143,7 +143,7 @@ def test_a_queue_of_another_type_than_the_setting_fails_naming_it_and_the_migrat
     checks = lines_by_check(done.stdout)
     types = checks["queue types"]
     assert types.startswith(f"FAIL  queue types: orders is a {live} queue, expected "
-                            f"{expected}; payments is a {live} queue"), types
+                            f"{expected}; intake is a {live} queue"), types
     assert "shop.fulfillment is" in types
     assert "shop broker migrate-queues" in types.split("-> fix:")[1]
     assert checks["queues"].startswith("ok")

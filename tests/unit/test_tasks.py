@@ -23,13 +23,15 @@ def test_every_workflow_task_is_routed_to_its_domain_queue() -> None:
     assert ROUTES["shop.orders.send_confirmation"] == "notifications"
 
 
-def test_money_already_decided_has_its_own_queue_so_creates_never_stand_before_it() -> None:
-    """A sale's backlog of charges on ``payments`` would hold every capture behind it,
-    and the two provider endpoints would take turns instead of working together."""
+def test_new_orders_and_money_already_decided_have_queues_of_their_own() -> None:
+    """In a sale, a backlog of new orders' first steps on ``orders`` would hold every
+    reservation behind it, and a backlog of charges on ``payments`` every capture: the
+    two provider endpoints would take turns instead of working together."""
     decided = ("shop.orders.capture_payment", "shop.payments.void_payment",
                "shop.orders.refund_lines")
     assert {ROUTES[name] for name in decided} == {"settlements"}
     assert "settlements" not in {ROUTES[n] for n in SHOP_TASKS if n not in decided}
+    assert [n for n in SHOP_TASKS if ROUTES[n] == "intake"] == ["shop.orders.check_inventory"]
 
 
 @pytest.mark.parametrize("name", SHOP_TASKS)
@@ -154,13 +156,14 @@ def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_on_rabbitmq_queues_are_quorum_durable_dead_lettering_with_publisher_confirms() -> None:
     from shop.config import Settings
-    from shop.messaging.broker import DELIVERY_LIMIT, task_queues, transport_options
+    from shop.messaging.broker import DELIVERY_LIMIT, QUEUES, task_queues, transport_options
 
     settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
     assert settings.broker_queue_type == "quorum"
     assert transport_options(settings) == {"confirm_publish": True}
     queues = {q.name: q for q in task_queues(settings)}
-    assert set(queues) == {"orders", "payments", "settlements", "notifications", "reports"}
+    assert set(queues) == set(QUEUES) == {
+        "intake", "orders", "payments", "settlements", "notifications", "reports"}
     for name, queue in queues.items():
         assert queue.durable is True
         assert queue.exchange.type == "topic"  # native delayed delivery routes on topic
@@ -195,7 +198,7 @@ def test_the_embedded_broker_has_no_queue_types(tmp_path: Any) -> None:
     from shop.messaging.broker import countdown, owned_queues
 
     settings = Settings(broker_url=f"filesystem://{tmp_path}/b", broker_queue_type="quorum")
-    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 9
+    assert [q.queue_arguments for q in owned_queues(settings)] == [None] * 10
     assert countdown(settings, 0.25) == 0.25
 
 
@@ -329,10 +332,11 @@ def test_a_booked_slot_is_come_back_to_on_time_however_many_times_it_waited(
     assert "msg-1:failures" not in counts
 
 
-def test_a_worker_of_payments_consumes_settlements_too_as_command_lines_before_it_said() -> None:
-    """``-Q payments`` was the whole payments worker before ``settlements`` existed: such
-    a worker still takes captures, voids and refunds (the declared queue, not a new
-    queue by that name on the default exchange)."""
+def test_workers_of_orders_and_payments_consume_intake_and_settlements_as_before() -> None:
+    """``-Q orders`` and ``-Q payments`` were whole workers before ``intake`` and
+    ``settlements`` existed: such workers still take new orders, captures, voids and
+    refunds (from the declared queues, not new ones by those names on the default
+    exchange)."""
     from types import SimpleNamespace
 
     from shop.celery import _consume_implied_queues
@@ -341,12 +345,13 @@ def test_a_worker_of_payments_consumes_settlements_too_as_command_lines_before_i
     declared = queues["settlements"]
     before = queues.consume_from
     try:
-        queues.select(["orders", "payments"])
+        queues.select(["orders", "payments", "notifications"])
         _consume_implied_queues(SimpleNamespace(app=app))
-        assert list(queues.consume_from) == ["orders", "payments", "settlements"]
+        assert list(queues.consume_from) == [
+            "orders", "payments", "notifications", "intake", "settlements"]
         assert queues.consume_from["settlements"] is declared
-        queues.select(["orders", "notifications"])  # no payments: nothing implied
+        queues.select(["notifications", "reports"])  # neither: nothing implied
         _consume_implied_queues(SimpleNamespace(app=app))
-        assert list(queues.consume_from) == ["orders", "notifications"]
+        assert list(queues.consume_from) == ["notifications", "reports"]
     finally:
         queues._consume_from = before

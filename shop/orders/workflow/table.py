@@ -85,7 +85,7 @@ class StepSpec:
 
 
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec(TaskName.CHECK_INVENTORY, "orders", stage=Stage.PLACED,
+    StepSpec(TaskName.CHECK_INVENTORY, "intake", stage=Stage.PLACED,
              done=Event.INVENTORY_CONFIRMED, give_up=GiveUp.FAIL,
              fails_as=(Step.INVENTORY, "timeout"), swept=True),
     StepSpec(TaskName.CHARGE_PAYMENT, "payments", PAYMENT_LIMITS, stage=Stage.IN_STOCK,
