@@ -373,7 +373,14 @@ def checkout_api(bench: Bench, args: argparse.Namespace) -> Result:
         figures[f"{label}_p50"] = sorted(r.p50_ms for r in results)[len(results) // 2]
         figures[f"{label}_p99"] = max(r.p99_ms for r in results)
         figures[f"{label}_errors"] = sum(r.errors for r in results)
-    return Result("checkout_api", figures["orders_rate"], figures)
+    note = ""
+    if args.profile:  # one more run of the orders route alone, under py-spy
+        spies = _spy(bench, args, ("api",))
+        try:
+            hit("/v1/orders", args.api_seconds)
+        finally:
+            note = _stop_spies(spies)
+    return Result("checkout_api", figures["orders_rate"], figures, note=note)
 
 
 # -- case 6 ----------------------------------------------------------------------------
