@@ -176,7 +176,7 @@ def test_an_order_whose_message_was_deleted_is_completed_by_the_sweeper(
     proxied.env["SHOP_STUCK_AFTER_SECONDS"] = "3"  # beat sweeps every second
     proxied.start_relay()
     order_id = place(admin_api)
-    deleted = wait_until(lambda: drain_raw(vhost_url, "orders") if exists(vhost_url) else [],
+    deleted = wait_until(lambda: drain_raw(vhost_url, "intake") if exists(vhost_url) else [],
                          timeout=30, what="the first message, to delete it", stack=proxied)
     assert len(deleted) == 1
     proxied.start_worker("w1")
@@ -192,10 +192,11 @@ def test_an_order_whose_message_was_deleted_is_completed_by_the_sweeper(
 
 
 def exists(vhost_url: str) -> bool:
-    """Whether the ``orders`` queue was declared yet (by the relay's first publish)."""
+    """Whether the ``intake`` queue (a new order's first step) was declared yet (by the
+    relay's first publish)."""
     try:
         with Connection(vhost_url) as conn:
-            conn.default_channel.queue_declare("orders", passive=True)
+            conn.default_channel.queue_declare("intake", passive=True)
     except amqp.exceptions.NotFound:
         return False
     return True

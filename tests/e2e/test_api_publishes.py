@@ -36,7 +36,7 @@ def test_uvicorn_with_no_relay_publishes_a_new_orders_first_step_within_a_second
         channel = conn.channel()
         message = None
         while message is None and time.monotonic() - accepted < 1.0:
-            message = channel.basic_get("orders", no_ack=True)
+            message = channel.basic_get("intake", no_ack=True)
             if message is None:
                 time.sleep(0.02)
     took = time.monotonic() - accepted
