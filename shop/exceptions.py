@@ -18,13 +18,11 @@ class TransientError(Exception):
 
 
 class SlowDown(TransientError):
-    """Asked to wait ``retry_after`` seconds before trying again; ``exact``: at that
-    moment, not later (a booked slot), so the retry is not spread out."""
+    """Asked to wait ``retry_after`` seconds before trying again."""
 
-    def __init__(self, message: str, retry_after: float, *, exact: bool = False) -> None:
+    def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.exact = exact
 
 
 class PermanentError(Exception):

@@ -116,7 +116,7 @@ def _run(task: Task, work: Callable[[Session], object], on_exhausted: GiveUp) ->
     except SlowDown as exc:  # paced or rate-limited: not a failure, try after the wait
         if request.retries >= MAX_BUSY_RETRIES:
             raise
-        delay = exc.retry_after * (1.0 if exc.exact else random.uniform(1.0, 1.5))
+        delay = exc.retry_after * random.uniform(1.0, 1.5)
         raise task.retry(exc=exc, countdown=delay) from exc
     except PermanentError as exc:
         _give_up(task, on_exhausted, exc)

@@ -315,23 +315,6 @@ def test_a_rate_limit_waits_what_the_provider_asks_without_counting_an_attempt(
     assert "msg-1:failures" not in counts
 
 
-def test_a_booked_slot_is_come_back_to_on_time_however_many_times_it_waited(
-        counts: dict[str, int]) -> None:
-    """The budget booked the call's slot: the retry comes back at it, not spread out
-    later, and waiting for it never counts as a failure (a burst of a sale)."""
-    from shop.payments.gateway import PaymentRateLimited
-
-    def booked(_: Any) -> None:
-        raise PaymentRateLimited("booked", retry_after=42.0, exact=True)
-
-    for retries in (0, 40):
-        with pytest.raises(Retried) as retried:
-            tasks.run_step(FakeTask(request=Request(retries=retries)), booked,  # type: ignore[arg-type]
-                           lambda *_: pytest.fail("not a failure"))
-        assert retried.value.countdown == 42.0
-    assert "msg-1:failures" not in counts
-
-
 def test_workers_of_orders_and_payments_consume_intake_and_settlements_as_before() -> None:
     """``-Q orders`` and ``-Q payments`` were whole workers before ``intake`` and
     ``settlements`` existed: such workers still take new orders, captures, voids and
