@@ -177,11 +177,11 @@ def _consume_implied_queues(instance: Any, **_: Any) -> None:
     ``settlements`` (``broker.IMPLIED``): a deployment's command line from before those
     queues existed still runs new orders and captures."""
     queues = instance.app.amqp.queues
-    selected = list(queues.consume_from or {})
-    for name in implied_queues(selected) if selected else []:
+    selected = list(queues.consume_from or {})  # empty: every queue already
+    for name in implied_queues(selected):
         queues.select_add(queues[name])  # the declared queue, not a new one by name
-        log.info("consuming %s as well: it carries what %s did before", name, ", ".join(
-            q for q in selected if name in implied_queues([q])))
+        log.info("consuming %s as well: it carries steps that earlier releases routed "
+                 "to the queues named with -Q", name)
 
 
 @celeryd_after_setup.connect
